@@ -1,0 +1,227 @@
+"""The ``unetrt`` command line: a thin layer over `unetrt.Segmenter` and friends.
+
+User mistakes (`UnetrtError`, unreadable files, Ctrl-C) end with one readable line on
+stderr and a non-zero exit code, never a traceback; anything else is a bug and keeps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__, build_info
+from .errors import ConfigError, UnetrtError
+from .normalize import METHODS, SCOPES
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def parse_frames(text: str) -> slice:
+    """Parse ``START:STOP[:STEP]`` (each part optional) into a slice of frame indices."""
+    parts = text.split(":")
+    if len(parts) == 1:
+        parts = [parts[0], str(int(parts[0]) + 1) if parts[0].lstrip("-").isdigit() else ""]
+    if len(parts) > 3:
+        raise ConfigError(f"--frames must be START:STOP[:STEP], got {text!r}")
+    try:
+        values = [int(p) if p.strip() else None for p in parts]
+    except ValueError:
+        raise ConfigError(
+            f"--frames must be START:STOP[:STEP] with integers, got {text!r}"
+        ) from None
+    if len(values) == 3 and values[2] is not None and values[2] <= 0:
+        raise ConfigError(f"--frames step must be positive, got {text!r}")
+    return slice(*values)
+
+
+def _normalization_changes(args: argparse.Namespace) -> dict[str, object] | None:
+    changes: dict[str, object] = {}
+    if args.normalize is not None:
+        changes["method"] = args.normalize
+    if args.normalize_scope is not None:
+        changes["scope"] = args.normalize_scope
+    if args.percentiles is not None:
+        try:
+            low, high = (float(v) for v in args.percentiles.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"--percentiles must be LOW,HIGH (e.g. 1,99.8), got {args.percentiles!r}"
+            ) from None
+        changes.update(low=low, high=high)
+    if args.illumination is not None:
+        changes["illumination_sigma"] = args.illumination if args.illumination > 0 else None
+    return changes or None
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .postprocess import PostProcess
+    from .segmenter import Segmenter
+
+    postprocess = PostProcess(
+        min_size=args.min_size,
+        fill_holes=args.fill_holes,
+        clear_border=args.clear_border,
+        label=args.label,
+    )
+    with Segmenter(
+        args.model,
+        backend=args.backend,
+        device=args.device,
+        tile=args.tile,
+        halo=args.halo,
+        batch=args.batch,
+        stitch=args.stitch,
+        normalization=_normalization_changes(args),
+        threshold=args.threshold,
+        threads=args.threads,
+        postprocess=postprocess,
+    ) as segmenter:
+        summary = segmenter.segment(
+            args.input,
+            args.output,
+            probabilities=args.probabilities,
+            frames=parse_frames(args.frames) if args.frames else None,
+            progress=not args.quiet,
+        )
+    if not args.quiet:
+        print(summary)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .model import open_model
+
+    model = open_model(args.model, backend=args.backend, device=args.device)
+    backend = model.backend
+    report = {
+        "model": str(model.path),
+        "backend": backend.name,
+        "device": backend.device,
+        "input": {"name": backend.input_name, "shape": list(backend.input_shape)},
+        "output_channels": backend.output_channels,
+        "contract": model.contract.to_dict(),
+        "inferred": model.inferred,
+    }
+    backend.close()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"model        {report['model']}")
+    print(f"backend      {backend.name} on {backend.device}")
+    print(f"input        {backend.input_name} {_shape(backend.input_shape)} ({backend.layout})")
+    print(f"output       {backend.output_channels} channel(s), {model.contract.output}")
+    print("contract")
+    for key, value in model.contract.to_dict().items():
+        source = model.inferred.get(key, "model metadata")
+        print(f"  {key:<14} {json.dumps(value):<40} [{source}]")
+    return 0
+
+
+def _shape(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``unetrt`` argument parser (subcommands register themselves here)."""
+    parser = argparse.ArgumentParser(
+        prog="unetrt",
+        description="Segment microscopy videos with U-Net models (ONNX Runtime / TensorRT).",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    seg = sub.add_parser(
+        "segment",
+        help="segment a TIFF stack, a folder or a glob of frames into a mask stack",
+        description="Segment every frame of INPUT and write a uint8 mask stack "
+        "(0 background, 255 foreground; class index for multi-class models).",
+    )
+    seg.add_argument("input", help="multi-page TIFF, single frame, folder, or glob of frames")
+    seg.add_argument("-o", "--output", help="mask stack to write (default: <input>_mask.tif)")
+    seg.add_argument("--model", help="ONNX model (default: the model shipped with unetrt)")
+    _add_engine_options(seg)
+    seg.add_argument(
+        "--tile", default="auto", help="'auto' (default: whole frame when it fits), SIZE or HxW"
+    )
+    seg.add_argument("--halo", default="auto", help="'auto' (from the model) or PIXELS")
+    seg.add_argument("--batch", type=int, default=1, help="tiles per engine call (default 1)")
+    seg.add_argument(
+        "--stitch",
+        choices=("crop", "blend"),
+        default="crop",
+        help="crop: exact (default); blend: Gaussian-weighted overlaps",
+    )
+    seg.add_argument("--normalize", choices=METHODS, help="override the model's normalization")
+    seg.add_argument(
+        "--normalize-scope", choices=SCOPES, help="statistics per frame or per stack (sampled)"
+    )
+    seg.add_argument("--percentiles", help="LOW,HIGH for --normalize percentile (e.g. 1,99.8)")
+    seg.add_argument(
+        "--illumination",
+        type=float,
+        metavar="SIGMA",
+        help="correct uneven illumination with a Gaussian background of this "
+        "sigma in pixels (0 turns it off)",
+    )
+    seg.add_argument("--threshold", type=float, help="foreground threshold (default: model's)")
+    seg.add_argument(
+        "--probabilities", metavar="PATH", help="also write float32 probabilities to PATH"
+    )
+    seg.add_argument("--frames", metavar="START:STOP", help="only these frames (0-based)")
+    seg.add_argument("--threads", type=int, help="CPU threads for the engine")
+    seg.add_argument(
+        "--min-size", type=int, default=0, metavar="N", help="remove objects smaller than N pixels"
+    )
+    seg.add_argument("--fill-holes", action="store_true", help="fill holes in objects")
+    seg.add_argument(
+        "--clear-border", action="store_true", help="drop objects touching the frame border"
+    )
+    seg.add_argument(
+        "--label", action="store_true", help="write uint16 instance labels instead of a binary mask"
+    )
+    seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    seg.set_defaults(func=_cmd_segment)
+
+    info = sub.add_parser("info", help="show a model's contract and what was inferred")
+    info.add_argument("model", help="ONNX model")
+    _add_engine_options(info)
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "onnxruntime", "tensorrt"),
+        help="inference engine (default auto)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
+
+
+def _version() -> str:
+    info = build_info()
+    return f"unetrt {__version__} (cuda: {'yes' if info['cuda'] else 'no'})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    command: Command = args.func
+    try:
+        return command(args)
+    except UnetrtError as exc:
+        print(f"unetrt: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("unetrt: interrupted; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # unreadable input or unwritable output the stages did not name
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"unetrt: error: {exc.strerror or exc}{where}", file=sys.stderr)
+    return EXIT_ERROR
