@@ -35,7 +35,7 @@ class PostProcess:
     takes the class of the nearest foreground pixel.
 
     Attributes:
-        min_size: Remove objects with fewer than this many pixels (0: keep all).
+        min_size: Remove objects with fewer than this many pixels (0 or 1: keep all).
         fill_holes: Fill background regions enclosed by an object.
         clear_border: Remove objects touching the frame border.
         label: Return instance labels (uint16: 0 background, 1..N objects numbered in
