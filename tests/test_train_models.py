@@ -206,6 +206,7 @@ def test_saved_model_reloads_with_the_same_output(tmp_path) -> None:
     cfg = UNetConfig(**TINY, temporal="convlstm", time_steps=2, convlstm_position="encoder")
     model = build_model(cfg)
     model.compile(optimizer="adam", loss=losses.get_loss("bce_dice"))
+    model.optimizer.build(model.trainable_variables)
     path = tmp_path / "model.keras"
     model.save(path)
     again = keras.saving.load_model(path)

@@ -23,6 +23,8 @@ _EXPORTS = {
     "SegmentationLoss": "losses",
     "get_loss": "losses",
     "unet_border_weights": "losses",
+    "dice_coefficient": "metrics",
+    "jaccard": "metrics",
 }
 
 __all__ = sorted(_EXPORTS)
