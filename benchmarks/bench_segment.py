@@ -34,7 +34,7 @@ import tifffile
 
 from unetrt import Segmenter
 from unetrt.contract import ModelContract
-from unetrt.testing import save, unet_model, unet_receptive_field
+from unetrt.testing import save, unet_model, unet_receptive_radius
 
 SEED_TILE = 512
 SEED_HALO = 95
@@ -150,7 +150,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory(dir=args.workdir)
     work = Path(tmp.name)
     pools = 3
-    contract = ModelContract(alignment=2**pools, halo=unet_receptive_field(pools=pools, kernel=3))
+    contract = ModelContract(alignment=2**pools, halo=unet_receptive_radius(pools=pools, kernel=3))
     model_path = work / "unet32.onnx"
     save(unet_model(filters=32, pools=pools, kernel=3, contract=contract), model_path)
     stack = work / "stack.tif"
@@ -194,7 +194,7 @@ def main() -> None:
 
     if args.memory:
         small = work / "small.onnx"
-        small_contract = ModelContract(alignment=8, halo=unet_receptive_field(pools=3, kernel=3))
+        small_contract = ModelContract(alignment=8, halo=unet_receptive_radius(pools=3, kernel=3))
         save(unet_model(filters=4, pools=3, kernel=3, contract=small_contract), small)
         long_stack = work / "long.tif"
         write_stack(long_stack, 10 * args.frames, args.size)

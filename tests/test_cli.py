@@ -15,13 +15,13 @@ import tifffile
 from unetrt.cli import main, parse_frames
 from unetrt.contract import ModelContract
 from unetrt.errors import ConfigError
-from unetrt.testing import save, unet_model, unet_receptive_field
+from unetrt.testing import save, unet_model, unet_receptive_radius
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     path = tmp_path_factory.mktemp("m") / "unet.onnx"
-    contract = ModelContract(alignment=4, halo=unet_receptive_field(pools=2, kernel=3))
+    contract = ModelContract(alignment=4, halo=unet_receptive_radius(pools=2, kernel=3))
     save(unet_model(filters=4, pools=2, contract=contract), path)
     return path
 
@@ -151,7 +151,7 @@ def test_bad_option_value(model, stack):
 
 def test_interrupt_leaves_nothing(tmp_path):
     model = tmp_path / "big.onnx"
-    contract = ModelContract(alignment=8, halo=unet_receptive_field(pools=3, kernel=3))
+    contract = ModelContract(alignment=8, halo=unet_receptive_radius(pools=3, kernel=3))
     save(unet_model(filters=16, pools=3, contract=contract), model)
     src = tmp_path / "long.tif"
     with tifffile.TiffWriter(src) as tw:

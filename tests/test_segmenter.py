@@ -13,14 +13,14 @@ from unetrt.contract import ModelContract
 from unetrt.errors import ConfigError, InputError
 from unetrt.normalize import Normalization, affine_for, frame_statistics
 from unetrt.postprocess import PostProcess
-from unetrt.testing import affine_model, save, unet_model, unet_receptive_field
+from unetrt.testing import affine_model, save, unet_model, unet_receptive_radius
 
 POOLS = 2
 ALIGN = 2**POOLS
 
 
 def _unet(tmp_path, layout="NHWC", classes=1, output="sigmoid", name="unet.onnx", **contract):
-    halo = unet_receptive_field(pools=POOLS, kernel=3)
+    halo = unet_receptive_radius(pools=POOLS, kernel=3)
     c = ModelContract(alignment=ALIGN, halo=halo, layout=layout, output=output, **contract)
     path = tmp_path / name
     model = unet_model(
@@ -108,10 +108,11 @@ def test_frames_of_different_sizes_in_one_stream(unet_path):
 
 def test_blend_with_pointwise_model_is_exact(tmp_path):
     path = tmp_path / "affine.onnx"
-    contract = ModelContract(normalization=Normalization(method="none"), output="logits")
-    save(affine_model(scale=2.0, offset=-1.0, contract=contract), path)
+    save(affine_model(scale=2.0, offset=-1.0), path)
     frame = np.random.default_rng(2).random((77, 91)).astype(np.float32)
-    with Segmenter(path, tile=32, halo=8, stitch="blend") as seg:
+    spec = Normalization(method="none")
+    with Segmenter(path, tile=32, halo=8, stitch="blend", normalization=spec) as seg:
+        assert seg.contract.output == "logits"  # inferred from the probe outputs
         got = seg.predict_frame(frame)
     np.testing.assert_allclose(got, 1 / (1 + np.exp(-(2 * frame - 1))), atol=1e-6)
 
@@ -125,7 +126,7 @@ def test_blend_close_to_crop_for_unet(unet_path):
 
 
 def test_softmax_classes_give_argmax_mask(tmp_path):
-    halo = unet_receptive_field(pools=POOLS, kernel=3)
+    halo = unet_receptive_radius(pools=POOLS, kernel=3)
     contract = ModelContract(
         alignment=ALIGN, halo=halo, output="softmax", classes=("background", "cell", "contour")
     )
