@@ -188,6 +188,11 @@ class Segmenter:
         self._max_tile_pixels = max_tile_pixels
         self._plans: dict[tuple[int, int], tiling.TilePlan] = {}
         self._stack_affine: Affine | None = None
+        if self.postprocess.label and self.classes > 1:
+            raise ConfigError(
+                f"instance labels need a one-channel foreground model; this model has "
+                f"{self.classes} classes"
+            )
         fixed = self.model.backend.fixed_tile()
         if fixed is not None and self._tile is not None and self._tile != fixed:
             raise ConfigError(
