@@ -27,11 +27,18 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import keras
 import numpy as np
 from scipy import ndimage
 
 from ..errors import ConfigError, InputError
+from ..normalize import Normalization
+from .augment import AugmentConfig, augment_patch
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 LAYOUTS = ("folders", "stacks", "ctc", "seed_csv")
 TARGETS = ("segmentation", "contours")
@@ -500,3 +507,412 @@ class PatchSampler:
             flat = int(rng.integers(n_pixels))
         row, col = divmod(flat, shape[1])
         return row, col
+
+
+# ------------------------------------------------------------------------- batches
+#: Frames sampled (evenly spaced) per video for per-stack normalization statistics,
+#: as many as the Segmenter samples at inference.
+STACK_SAMPLE_FRAMES = 16
+
+ENCODINGS = ("mask", "sparse", "one_hot", "two_heads")
+
+
+def normalize_video(
+    video: AnnotatedVideo, spec: Normalization, positions: Iterable[int]
+) -> dict[int, np.ndarray]:
+    """Normalize some frames of a video exactly as inference does.
+
+    Args:
+        video: The video.
+        spec: The normalization; for ``scope="stack"`` the statistics come from
+            `STACK_SAMPLE_FRAMES` evenly spaced frames of the video.
+        positions: Which frames to normalize.
+
+    Returns:
+        float32 frames by position.
+    """
+    from ..normalize import correct_illumination, normalize_frame, stack_statistics
+
+    stats = None
+    if spec.scope == "stack" and spec.method not in ("none", "range"):
+        n = len(video.frames)
+        picks = np.unique(np.linspace(0, n - 1, min(n, STACK_SAMPLE_FRAMES)).round().astype(int))
+        sigma = spec.illumination_sigma
+        sample = (
+            video.frames[i] if sigma is None else correct_illumination(video.frames[i], sigma)
+            for i in picks
+        )
+        stats = stack_statistics(sample, spec)
+    return {i: normalize_frame(video.frames[i], spec, stats) for i in positions}
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What a batch's ``y`` holds and how it is encoded for the loss.
+
+    Attributes:
+        kind: ``"segmentation"`` or ``"contours"`` (see `make_target`).
+        encoding: ``"mask"``: foreground (batch, H, W, 1), with the weight map as a
+            second channel when ``border_weights`` is set; ``"sparse"``: class ids
+            (batch, H, W, 1); ``"one_hot"``: (batch, H, W, classes); ``"two_heads"``:
+            ``{"mask": foreground, "target": contour}``, each (batch, H, W, 1).
+        contour_width: Contour thickness in pixels.
+        border_weights: ``(w0, sigma)`` of the U-Net border weight map, or None.
+    """
+
+    kind: str = "segmentation"
+    encoding: str = "mask"
+    contour_width: int = 2
+    border_weights: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGETS:
+            raise ConfigError(f"datagen_type must be one of {TARGETS}, got {self.kind!r}")
+        if self.encoding not in ENCODINGS:
+            raise ConfigError(f"target encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        if self.border_weights is not None and self.encoding != "mask":
+            raise ConfigError("border weight maps go with a one-channel mask target only")
+
+    @property
+    def classes(self) -> int:
+        """Classes of the class map, background included."""
+        return 3 if self.kind == "contours" else 2
+
+    def encode(self, classes: np.ndarray, weights: np.ndarray | None) -> Any:
+        """Encode class maps (batch, H, W) and weight maps for the loss."""
+        y = classes[..., None]
+        if self.encoding == "sparse":
+            return y.astype(np.float32)
+        if self.encoding == "one_hot":
+            return np.eye(self.classes, dtype=np.float32)[classes]
+        mask = (y > 0).astype(np.float32)
+        if self.encoding == "two_heads":
+            return {"mask": mask, "target": (y == 2).astype(np.float32)}
+        if weights is None:
+            return mask
+        return np.concatenate([mask, weights[..., None].astype(np.float32)], axis=-1)
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """One annotated frame, ready to cut patches from."""
+
+    clip: tuple[np.ndarray, ...]  # normalized frames, the annotated one last
+    target: np.ndarray  # uint8 class map
+    weights: np.ndarray | None
+    foreground: np.ndarray  # flat indices of target > 0
+
+
+def _prepare(
+    videos: Sequence[AnnotatedVideo], spec: Normalization, target: TargetSpec, time_steps: int
+) -> list[_Sample]:
+    """Normalize the frames the samples need (once) and build targets and weights."""
+    if time_steps > 1:
+        for video in videos:
+            if len({f.shape for f in video.frames}) != 1 or len(video.frames) < 2:
+                raise InputError(
+                    f"{video.name}: clips of {time_steps} frames need a video of "
+                    f"same-size frames; this is a single image"
+                )
+    samples = []
+    for video in videos:
+        clips = {t: [max(t - k, 0) for k in range(time_steps - 1, -1, -1)] for t in video.masks}
+        needed = sorted({i for clip in clips.values() for i in clip})
+        frames = normalize_video(video, spec, needed)
+        for t in sorted(video.masks):
+            labels = video.masks[t]
+            classes = make_target(labels, target.kind, target.contour_width)
+            weights = None
+            if target.border_weights is not None:
+                from .losses import unet_border_weights
+
+                instances = labels if np.unique(labels).size > 2 else ndimage.label(labels > 0)[0]
+                w0, sigma = target.border_weights
+                weights = unet_border_weights(instances, w0=w0, sigma=sigma)
+            samples.append(
+                _Sample(
+                    tuple(frames[i] for i in clips[t]),
+                    classes,
+                    weights,
+                    np.flatnonzero(classes).astype(np.int64),
+                )
+            )
+    if not samples:
+        raise InputError("no annotated frame to train on")
+    return samples
+
+
+class _AnnotatedBatches(keras.utils.PyDataset):  # type: ignore[misc]
+    """What the patch and frame datasets share: prepared samples and batch assembly."""
+
+    def __init__(
+        self,
+        videos: Sequence[AnnotatedVideo],
+        *,
+        time_steps: int,
+        normalization: Normalization | None,
+        target: TargetSpec | None,
+        pydataset_options: dict[str, Any],
+    ) -> None:
+        super().__init__(**pydataset_options)
+        if time_steps < 1:
+            raise ConfigError(f"time_steps must be >= 1, got {time_steps!r}")
+        self.time_steps = time_steps
+        self.target = target or TargetSpec()
+        self._samples = _prepare(videos, normalization or Normalization(), self.target, time_steps)
+
+    @property
+    def frames(self) -> int:
+        """Annotated frames the batches come from."""
+        return len(self._samples)
+
+    def _stack(
+        self,
+        images: list[np.ndarray],
+        classes: list[np.ndarray],
+        weights: list[np.ndarray | None],
+    ) -> tuple[np.ndarray, Any]:
+        x = np.stack(images)[..., None].astype(np.float32, copy=False)
+        if self.time_steps == 1:
+            x = x[:, 0]  # (batch, H, W, 1) for frame models
+        w = None if weights[0] is None else np.stack([w for w in weights if w is not None])
+        return x, self.target.encode(np.stack(classes), w)
+
+
+class PatchDataset(_AnnotatedBatches):
+    """Random, augmented training patches as a Keras ``PyDataset`` of (x, y) batches.
+
+    An epoch visits every annotated frame once in random order; a batch holds
+    ``batch_size`` frames with ``patches_per_frame`` patches each (the seed's
+    ``datagen_batch_size`` and ``datagen_patch_batch``). The last batch is filled up
+    with frames from the start of the epoch, so every batch has the same shape.
+    Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``: the same seed gives
+    the same batches, in any order and with any number of workers.
+
+    ``x`` is (batch, rows, cols, 1) float32, or (batch, time_steps, rows, cols, 1) for
+    clips, whose frames are the annotated frame and the ``time_steps - 1`` frames
+    before it (the first frame repeated before the start of the video), all cut at the
+    same place with the same transform. ``y`` is encoded by ``target``.
+    """
+
+    def __init__(
+        self,
+        videos: Sequence[AnnotatedVideo],
+        *,
+        patch_shape: tuple[int, int],
+        batch_size: int = 4,
+        patches_per_frame: int = 1,
+        time_steps: int = 1,
+        normalization: Normalization | None = None,
+        target: TargetSpec | None = None,
+        sampler: PatchSampler | None = None,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        fixed: bool = False,
+        **pydataset_options: Any,
+    ) -> None:
+        """Prepare the frames (normalization, targets, weights) once.
+
+        Args:
+            videos: Annotated videos (see `load_annotated`).
+            patch_shape: Patch (rows, cols).
+            batch_size: Frames per batch.
+            patches_per_frame: Patches cut from each frame of a batch.
+            time_steps: Frames per clip (1 for frame models).
+            normalization: Intensity normalization (`Normalization()` if None).
+            target: Target kind and encoding (`TargetSpec()` if None).
+            sampler: Patch-centre sampler (uniform if None).
+            augment: Augmentation (`AugmentConfig()` if None).
+            seed: Seed of the frame order, patch centres and augmentation.
+            fixed: Draw the same batches every epoch (validation patches).
+            **pydataset_options: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
+
+        Raises:
+            ConfigError: On invalid sizes.
+            InputError: If the data cannot make clips or has no annotated frame.
+        """
+        for name, value in (("batch_size", batch_size), ("patches_per_frame", patches_per_frame)):
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value!r}")
+        if len(patch_shape) != 2 or min(patch_shape) < 1:
+            raise ConfigError(f"patch shape must be two positive sizes, got {patch_shape!r}")
+        super().__init__(
+            videos,
+            time_steps=time_steps,
+            normalization=normalization,
+            target=target,
+            pydataset_options=pydataset_options,
+        )
+        self.patch_shape = (int(patch_shape[0]), int(patch_shape[1]))
+        self.batch_size = batch_size
+        self.patches_per_frame = patches_per_frame
+        self.sampler = sampler or PatchSampler()
+        self.augment = AugmentConfig() if augment is None else augment
+        self.seed = seed
+        self.fixed = fixed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(self.frames / self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of a dataset of {len(self)} batches")
+        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.frames)
+        first = index * self.batch_size
+        picks = order.take(range(first, first + self.batch_size), mode="wrap")
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        images, classes, weights = [], [], []
+        for pick in picks:
+            sample = self._samples[pick]
+            for _ in range(self.patches_per_frame):
+                centre = self.sampler.sample_centre(sample.foreground, sample.target.shape, rng)
+                image, target, weight = augment_patch(
+                    sample.clip,
+                    sample.target,
+                    sample.weights,
+                    config=self.augment,
+                    rng=rng,
+                    shape=self.patch_shape,
+                    centre=centre,
+                )
+                images.append(image)
+                classes.append(target)
+                weights.append(weight)
+        return self._stack(images, classes, weights)
+
+    def on_epoch_end(self) -> None:
+        """Move to the next epoch's frame order and patches (unless ``fixed``)."""
+        if not self.fixed:
+            self.epoch += 1
+
+
+class FrameDataset(_AnnotatedBatches):
+    """Whole annotated frames, one per batch, for validation.
+
+    Each frame (or clip) is cropped at the top left to the largest multiple of
+    ``alignment`` the model accepts; nothing is augmented.
+    """
+
+    def __init__(
+        self,
+        videos: Sequence[AnnotatedVideo],
+        *,
+        alignment: int = 1,
+        time_steps: int = 1,
+        normalization: Normalization | None = None,
+        target: TargetSpec | None = None,
+        **pydataset_options: Any,
+    ) -> None:
+        """Prepare the frames (normalization, targets, weights) once.
+
+        Args:
+            videos: Annotated videos (see `load_annotated`).
+            alignment: Frame sizes are cropped to multiples of this (``2**pools``).
+            time_steps: Frames per clip (1 for frame models).
+            normalization: Intensity normalization (`Normalization()` if None).
+            target: Target kind and encoding (`TargetSpec()` if None).
+            **pydataset_options: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
+
+        Raises:
+            InputError: If a frame is smaller than ``alignment``.
+        """
+        super().__init__(
+            videos,
+            time_steps=time_steps,
+            normalization=normalization,
+            target=target,
+            pydataset_options=pydataset_options,
+        )
+        self.alignment = alignment
+        for sample in self._samples:
+            if min(sample.target.shape) < alignment:
+                raise InputError(
+                    f"a validation frame of shape {sample.target.shape} is smaller than "
+                    f"the model's alignment {alignment}"
+                )
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"frame {index} of a dataset of {len(self)} frames")
+        sample = self._samples[index]
+        rows, cols = (s - s % self.alignment for s in sample.target.shape)
+        clip = np.stack([f[:rows, :cols] for f in sample.clip])
+        weights = None if sample.weights is None else sample.weights[:rows, :cols]
+        return self._stack([clip], [sample.target[:rows, :cols]], [weights])
+
+
+def build_datasets(
+    config: TrainConfig, **pydataset_options: Any
+) -> tuple[PatchDataset, PatchDataset | FrameDataset | None]:
+    """The training and validation datasets a configuration describes.
+
+    Validation data comes from ``data_val_images`` / ``data_val_masks`` (same layout
+    as training), or from the last ``data_val_fraction`` of the training frames, or
+    is None. ``data_exclude_frames`` applies to the training data only, so a held-out
+    set (e.g. the gold truth) can be both excluded from training and validated on.
+
+    Args:
+        config: The validated configuration.
+        **pydataset_options: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
+
+    Returns:
+        ``(train, validation)``.
+
+    Raises:
+        ConfigError: If the configuration does not fit the data.
+        InputError: If the data cannot be read.
+    """
+    exclude = config.data_exclude_frames
+    numbers = numbers_in_folder(exclude) if isinstance(exclude, str) else exclude
+    layout = config.data_format
+    train = load_annotated(layout, config.data_train_images, config.data_train_masks, numbers)
+    val: list[AnnotatedVideo] = []
+    if config.data_val_images is not None:
+        val = load_annotated(layout, config.data_val_images, config.data_val_masks)
+    elif config.data_val_fraction > 0:
+        train, val = split_validation(train, config.data_val_fraction)
+    weights = None
+    if config.datagen_border_weights:
+        weights = (config.datagen_border_w0, config.datagen_border_sigma)
+    target = TargetSpec(
+        config.datagen_type, config.target_encoding, config.datagen_contour_width, weights
+    )
+    time_steps = config.time_steps or 1
+    patches = {
+        "patch_shape": config.datagen_dim_size,
+        "batch_size": config.datagen_batch_size,
+        "patches_per_frame": config.datagen_patch_batch,
+        "time_steps": time_steps,
+        "normalization": config.normalization,
+        "target": target,
+        "sampler": config.sampler,
+    }
+    train_set = PatchDataset(
+        train, augment=config.augmentation, seed=config.data_seed, **patches, **pydataset_options
+    )
+    if not val:
+        return train_set, None
+    if config.data_val_mode == "patches":
+        # a seed of its own so validation patches differ from any training epoch's
+        val_set: PatchDataset | FrameDataset = PatchDataset(
+            val,
+            augment=AugmentConfig.off(),
+            seed=config.data_seed + 1,
+            fixed=True,
+            **patches,
+            **pydataset_options,
+        )
+    else:
+        val_set = FrameDataset(
+            val,
+            alignment=config.alignment,
+            time_steps=time_steps,
+            normalization=config.normalization,
+            target=target,
+            **pydataset_options,
+        )
+    return train_set, val_set
