@@ -31,6 +31,17 @@ struct TileIndex {
   }
 };
 
+// dst[c * dst_stride] += w[c] * src[c * src_stride]; the unit-stride case (one
+// channel, or channels-first input) is a separate loop so it vectorizes.
+inline void weighted_add(float* __restrict dst, int64_t dst_stride, const float* __restrict w,
+                         const float* __restrict src, int64_t src_stride, int64_t n) {
+  if (dst_stride == 1 && src_stride == 1) {
+    for (int64_t c = 0; c < n; ++c) dst[c] += w[c] * src[c];
+  } else {
+    for (int64_t c = 0; c < n; ++c) dst[c * dst_stride] += w[c] * src[c * src_stride];
+  }
+}
+
 }  // namespace
 
 void stitch_crop(const TileBatch& b, const Tile* tiles, float* dst, int64_t height, int64_t width,
@@ -91,14 +102,11 @@ void stitch_blend(const TileBatch& b, const Tile* tiles, const float* weights, f
         float* ws = weight_sum + y * width + s.win_x;
         float* a = acc + (y * width + s.win_x) * K;
         for (int64_t c = 0; c < cols; ++c) ws[c] += w[c];
-        if (channels_last) {
-          const float* src = at.row(t, r);
-          for (int64_t c = 0; c < cols; ++c)
-            for (int64_t k = 0; k < K; ++k) a[c * K + k] += w[c] * src[c * K + k];
-        } else {
-          for (int64_t k = 0; k < K; ++k) {
-            const float* src = at.plane_row(t, k, r);
-            for (int64_t c = 0; c < cols; ++c) a[c * K + k] += w[c] * src[c];
+        for (int64_t k = 0; k < K; ++k) {
+          if (channels_last) {
+            weighted_add(a + k, K, w, at.row(t, r) + k, K, cols);
+          } else {
+            weighted_add(a + k, K, w, at.plane_row(t, k, r), 1, cols);
           }
         }
       }
@@ -109,9 +117,15 @@ void stitch_blend(const TileBatch& b, const Tile* tiles, const float* weights, f
 void finish_blend(float* acc, const float* weight_sum, int64_t pixels, int64_t channels,
                   int threads) {
   UNETRT_CHECK(pixels >= 0 && channels >= 1, "blend buffers must have a positive size");
-  parallel_for(pixels, channels, threads, [&](int64_t p0, int64_t p1) {
+  parallel_for(pixels, channels, threads, [=](int64_t p0, int64_t p1) {
+    float* __restrict a = acc;
+    const float* __restrict ws = weight_sum;
+    if (channels == 1) {  // the common case, as a loop that vectorizes
+      for (int64_t p = p0; p < p1; ++p) a[p] /= ws[p];
+      return;
+    }
     for (int64_t p = p0; p < p1; ++p)
-      for (int64_t k = 0; k < channels; ++k) acc[p * channels + k] /= weight_sum[p];
+      for (int64_t k = 0; k < channels; ++k) a[p * channels + k] /= ws[p];
   });
 }
 

@@ -1,0 +1,222 @@
+"""Normalization: statistics, affine maps, and the C++ kernel against the NumPy formula."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import reference as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from unetrt import _core, tiling
+from unetrt.errors import ConfigError, InputError
+from unetrt.normalize import (
+    IDENTITY,
+    Affine,
+    Normalization,
+    Statistics,
+    affine_for,
+    correct_illumination,
+    dtype_range,
+    frame_statistics,
+    kernel_frame,
+    normalize_frame,
+    prepare_frame,
+    stack_statistics,
+)
+
+DTYPES = (np.uint8, np.uint16, np.float32)
+
+
+def make_frame(shape: tuple[int, ...], dtype: type, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if dtype == np.float32:
+        return rng.normal(0.4, 0.2, shape).astype(np.float32)
+    return rng.integers(0, 200 if dtype == np.uint8 else 5000, shape).astype(dtype)
+
+
+def test_dtype_range() -> None:
+    assert dtype_range(np.uint8) == 255
+    assert dtype_range(np.uint16) == 65535
+    assert dtype_range(np.int16) == 32767
+    assert dtype_range(np.float32) == dtype_range("float64") == 1.0
+    with pytest.raises(InputError, match="bool"):
+        dtype_range(bool)
+
+
+def test_affine_for_each_method() -> None:
+    frame = np.array([[0, 100], [200, 1000]], np.uint16)
+    r = 65535.0
+    assert affine_for(frame, Normalization(method="none")) == IDENTITY
+    assert affine_for(frame, Normalization(method="range")) == Affine(1 / r)
+    assert affine_for(frame, Normalization(method="mean")) == Affine(1 / r, 0.5 - 325 / r, 0, 1)
+    assert affine_for(frame, Normalization(method="median")) == Affine(1 / r, 0.5 - 150 / r, 0, 1)
+    spec = Normalization(method="percentile", low=0, high=100)
+    scale, offset, lo, hi = affine_for(frame, spec)
+    assert math.isclose(scale, 1 / 1000) and offset == 0 and (lo, hi) == (-math.inf, math.inf)
+
+
+def test_percentile_of_a_flat_frame_does_not_divide_by_zero() -> None:
+    frame = np.full((8, 8), 77, np.uint8)
+    affine = affine_for(frame, Normalization(method="percentile"))
+    assert affine == Affine(1 / 255, -77 / 255)
+    np.testing.assert_array_equal(normalize_frame(frame, Normalization(method="percentile")), 0)
+
+
+def test_affine_for_statistics_needs_the_dtype() -> None:
+    spec = Normalization(method="mean")
+    assert affine_for(Statistics(center=51.0), spec, np.uint8) == Affine(1 / 255, 0.3, 0, 1)
+    with pytest.raises(ConfigError, match="dtype"):
+        affine_for(Statistics(center=51.0), spec)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", ["none", "range", "mean", "median", "percentile"])
+@pytest.mark.parametrize("shape", [(37, 53), (64, 48, 3), (1, 1)])
+def test_normalize_frame_equals_the_numpy_formula(
+    dtype: type, method: str, shape: tuple[int, ...]
+) -> None:
+    frame = make_frame(shape, dtype)
+    spec = Normalization(method=method)
+    affine = affine_for(frame, spec)
+    got = normalize_frame(frame, spec, threads=2)
+    assert got.dtype == np.float32 and got.shape == frame.shape
+    np.testing.assert_array_equal(got, ref.apply_affine(frame, affine))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    height=st.integers(1, 90),
+    width=st.integers(1, 90),
+    dtype=st.sampled_from(DTYPES),
+    method=st.sampled_from(["range", "mean", "percentile"]),
+    layout=st.sampled_from(["NHWC", "NCHW"]),
+    seed=st.integers(0, 2**16),
+)
+def test_extraction_normalizes_like_normalize_frame(
+    height: int, width: int, dtype: type, method: str, layout: str, seed: int
+) -> None:
+    """Inference (normalization fused in tile extraction) equals training (normalize_frame)."""
+    frame = make_frame((height, width), dtype, seed)
+    spec = Normalization(method=method)
+    values, affine = prepare_frame(frame, spec)
+    plan = tiling.plan_tiles(height, width, alignment=8)  # one tile, padded to 8
+    tile = tiling.extract_tiles(values, plan, affine=affine, layout=layout)
+    tile = tile[0] if layout == "NHWC" else tile[0].transpose(1, 2, 0)
+    expected = normalize_frame(frame, spec)
+    np.testing.assert_array_equal(tile[:height, :width, 0], expected)
+    np.testing.assert_array_equal(expected, ref.apply_affine(frame, affine))
+
+
+def test_kernel_evaluates_in_float32_with_two_roundings() -> None:
+    # Values where a fused multiply-add or float64 arithmetic would round differently.
+    frame = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    affine = Affine(scale=1 / 3, offset=-0.1)
+    out = np.empty(frame.shape, np.float32)
+    _core.normalize(frame, *affine, out, 1)
+    expected = frame.astype(np.float32) * np.float32(1 / 3) + np.float32(-0.1)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_mean_method_clips_to_unit_range() -> None:
+    frame = np.array([[0, 255], [128, 128]], np.uint8)
+    got = normalize_frame(frame, Normalization(method="mean"))
+    assert got.min() >= 0 and got.max() <= 1
+    np.testing.assert_array_equal(got, ref.apply_affine(frame, affine_for(frame, Normalization())))
+
+
+def test_statistics_pool_channels() -> None:
+    frame = make_frame((20, 30, 3), np.uint16)
+    assert frame_statistics(frame, Normalization(method="mean")).center == pytest.approx(
+        frame.mean()
+    )
+    stats = frame_statistics(frame, Normalization(method="percentile", low=2, high=98))
+    np.testing.assert_allclose([stats.low, stats.high], np.percentile(frame, [2, 98]))
+
+
+def test_stack_statistics_mean_is_exact_and_percentiles_pool_samples() -> None:
+    frames = [make_frame((40, 50), np.uint16, seed) for seed in range(5)]
+    mean = stack_statistics(iter(frames), Normalization(method="mean", scope="stack"))
+    assert mean.center == pytest.approx(np.mean(frames))
+    # Frames smaller than the sample size are taken whole: exact pooled percentiles.
+    spec = Normalization(method="percentile", scope="stack")
+    stats = stack_statistics(frames, spec)
+    np.testing.assert_allclose([stats.low, stats.high], np.percentile(frames, [1, 99.8]))
+    # Larger frames are subsampled, reproducibly.
+    sampled = stack_statistics(frames, spec, pixels_per_frame=500, seed=3)
+    assert sampled == stack_statistics(frames, spec, pixels_per_frame=500, seed=3)
+    assert sampled.low == pytest.approx(stats.low, rel=0.2)
+    assert sampled.high == pytest.approx(stats.high, rel=0.05)
+    median = stack_statistics(frames, Normalization(method="median"), pixels_per_frame=1000)
+    assert median.center == pytest.approx(np.median(frames), rel=0.05)
+
+
+def test_stack_statistics_needs_frames() -> None:
+    with pytest.raises(InputError, match="no frames"):
+        stack_statistics([], Normalization(method="mean"))
+    assert stack_statistics([], Normalization(method="range")) == Statistics()
+
+
+def test_stack_scope_needs_statistics() -> None:
+    frame = make_frame((10, 10), np.uint8)
+    spec = Normalization(method="mean", scope="stack")
+    with pytest.raises(ConfigError, match="stack_statistics"):
+        normalize_frame(frame, spec)
+    stats = stack_statistics([frame, frame[::-1]], spec)
+    np.testing.assert_array_equal(
+        normalize_frame(frame, spec, stats),
+        ref.apply_affine(frame, affine_for(stats, spec, frame.dtype)),
+    )
+
+
+def test_correct_illumination_removes_a_gradient_and_keeps_the_mean() -> None:
+    y, x = np.mgrid[0:128, 0:128]
+    background = 1000 + 8 * x + 4 * y
+    spots = np.zeros((128, 128))
+    spots[::16, ::16] = 500
+    frame = (background + spots).astype(np.uint16)
+    got = correct_illumination(frame, 10.0)
+    assert got.dtype == np.float32 and got.shape == frame.shape
+    assert got.mean() == pytest.approx(frame.mean(), rel=1e-4)
+    inner = got[20:-20, 20:-20]  # away from the reflected borders
+    assert np.ptp(inner[spots[20:-20, 20:-20] == 0]) < 0.05 * np.ptp(background)
+    np.testing.assert_allclose(correct_illumination(np.full((9, 9), 7, np.uint8), 2.0), 7)
+
+
+def test_correct_illumination_is_per_channel() -> None:
+    frame = np.stack([np.full((16, 16), 10.0), np.full((16, 16), 90.0)], axis=-1)
+    np.testing.assert_allclose(correct_illumination(frame, 3.0), frame, rtol=1e-6)
+
+
+def test_illumination_correction_keeps_the_raw_dtype_range() -> None:
+    frame = make_frame((48, 64), np.uint16)
+    spec = Normalization(method="range", illumination_sigma=5.0)
+    values, affine = prepare_frame(frame, spec)
+    assert values.dtype == np.float32 and affine == Affine(1 / 65535)
+    np.testing.assert_array_equal(
+        normalize_frame(frame, spec),
+        ref.apply_affine(correct_illumination(frame, 5.0), affine),
+    )
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (np.zeros((4, 4), bool), "frame dtype bool is not supported"),
+        (np.zeros((4, 4, 2, 2), np.uint8), r"shape \(H, W\) or \(H, W, C\)"),
+        (np.zeros((0, 4), np.uint8), r"got \(0, 4\)"),
+    ],
+)
+def test_bad_frames_are_rejected(frame: np.ndarray, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        normalize_frame(frame, Normalization(method="range"))
+
+
+def test_kernel_frame_converts_other_dtypes() -> None:
+    frame = np.arange(12, dtype=np.int32).reshape(3, 4)
+    converted = kernel_frame(frame)
+    assert converted.dtype == np.float32 and converted.flags.c_contiguous
+    u16 = np.zeros((3, 4), np.uint16)
+    assert kernel_frame(u16) is u16
