@@ -15,6 +15,7 @@ from unetrt.errors import ConfigError  # noqa: E402
 from unetrt.train import losses  # noqa: E402
 from unetrt.train.models import (  # noqa: E402
     SEED_MODEL_NAMES,
+    BilinearUpsampling2D,
     ConvLSTM2DUnrolled,
     UNetConfig,
     alignment,
@@ -282,3 +283,12 @@ def test_tiny_models_learn_on_synthetic_discs(temporal: str) -> None:
     model.fit(x, masks, batch_size=4, epochs=8, verbose=0)
     after = float(model.evaluate(x, masks, verbose=0))
     assert after < 0.8 * before
+
+
+def test_bilinear_upsampling_matches_keras_resize() -> None:
+    x = np.random.default_rng(5).normal(size=(2, 5, 7, 3)).astype("float32")
+    expected = keras.layers.UpSampling2D(2, interpolation="bilinear")(x)
+    got = BilinearUpsampling2D()(x)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected), atol=1e-6
+    )

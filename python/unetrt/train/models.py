@@ -346,6 +346,39 @@ class ConvLSTM2DUnrolled(layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="unetrt")
+class BilinearUpsampling2D(layers.Layer):
+    """2x bilinear upsampling (half-pixel centres, edges clamped) for any height and width.
+
+    Same output as ``keras.layers.UpSampling2D(2, interpolation="bilinear")``, whose
+    resize cannot be traced with a dynamic height and width; built from slices, so the
+    ONNX graph needs no Resize.
+    """
+
+    def call(self, x: Any) -> Any:
+        return self._double(self._double(x, axis=1), axis=2)
+
+    @staticmethod
+    def _double(x: Any, axis: int) -> Any:
+        def take(start: int | None, stop: int | None) -> Any:
+            index = [slice(None)] * 4
+            index[axis] = slice(start, stop)
+            return x[tuple(index)]
+
+        before = ops.concatenate([take(None, 1), take(None, -1)], axis=axis)  # x[i - 1]
+        after = ops.concatenate([take(1, None), take(-1, None)], axis=axis)  # x[i + 1]
+        even, odd = 0.75 * x + 0.25 * before, 0.75 * x + 0.25 * after
+        pairs = ops.stack([even, odd], axis=axis + 1)
+        shape = ops.shape(x)
+        new_shape = [-1, shape[1], shape[2], x.shape[3]]
+        new_shape[axis] = shape[axis] * 2
+        return ops.reshape(pairs, new_shape)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        b, h, w, c = input_shape
+        return (b, None if h is None else 2 * h, None if w is None else 2 * w, c)
+
+
 # A feature map flows through the builder as a list: one tensor per frame of the clip in a
 # ConvLSTM model's encoder (each layer applied to every frame with shared weights), one
 # tensor otherwise.
@@ -423,7 +456,7 @@ class _Builder:
                 kernel_initializer=cfg.kernel_initializer,
                 name=f"up{level}_transpose",
             )(x)
-        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{level}_resize")(x)
+        x = BilinearUpsampling2D(name=f"up{level}_resize")(x)
         return self.conv([x], filters, f"up{level}_conv")[0]
 
     def network(self, x: Frames) -> Any:
