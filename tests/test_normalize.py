@@ -220,3 +220,8 @@ def test_kernel_frame_converts_other_dtypes() -> None:
     assert converted.dtype == np.float32 and converted.flags.c_contiguous
     u16 = np.zeros((3, 4), np.uint16)
     assert kernel_frame(u16) is u16
+    big_endian = np.arange(12, dtype=">u2").reshape(3, 4)
+    native = kernel_frame(big_endian)
+    assert native.dtype == np.uint16 and native.dtype.isnative
+    np.testing.assert_array_equal(native, big_endian)
+    np.testing.assert_array_equal(normalize_frame(big_endian, Normalization(method="none")), native)

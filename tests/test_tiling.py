@@ -51,6 +51,7 @@ def test_plan_whole_frame_when_it_fits() -> None:
     assert (plan.tile_h, plan.tile_w, plan.padded_h, plan.padded_w) == (528, 704, 528, 704)
     np.testing.assert_array_equal(plan.tiles, [[0, 0, 0, 520, 0, 696]])
     assert plan_tiles(37, 53, alignment=8).n_tiles == 1  # no max_tile: one tile
+    assert plan_tiles(37, 53, alignment=8, max_tile=[40, 56]).n_tiles == 1
 
 
 def test_plan_fixed_pads_small_frames_to_the_model_size() -> None:
@@ -138,7 +139,10 @@ def test_plan_invariants(
         ({"max_tile": (64, 0)}, "max tile width must be a positive integer, got 0"),
         ({"max_tile": 8, "alignment": 16}, "max tile height 8 is smaller than the alignment 16"),
         ({"max_tile": 100, "alignment": 16, "fixed": True}, "must be a multiple of the alignment"),
-        ({"max_tile": 64, "alignment": 16, "halo": 24}, "tile height 64 too small for halo 32"),
+        (
+            {"max_tile": 64, "alignment": 16, "halo": 24},
+            r"tile height 64 too small for halo 24 \(rounded up to 32",
+        ),
         ({"fixed": True}, "a fixed tile size needs max_tile"),
     ],
 )

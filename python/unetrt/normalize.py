@@ -128,8 +128,8 @@ def kernel_frame(frame: np.ndarray) -> np.ndarray:
     """Returns `frame` as a C-contiguous uint8, uint16 or float32 array for the core.
 
     Other integer and floating dtypes (int16, int32, float16, float64, ...) are
-    converted to float32 (integers above 2**24 lose precision); bool and complex
-    frames are rejected.
+    converted to float32 (integers above 2**24 lose precision), big-endian data (as
+    some TIFF files hold) to native byte order; bool and complex frames are rejected.
 
     Args:
         frame: A frame (H, W) or (H, W, C).
@@ -145,7 +145,8 @@ def kernel_frame(frame: np.ndarray) -> np.ndarray:
     if frame.ndim not in (2, 3) or 0 in frame.shape:
         raise InputError(f"a frame must have shape (H, W) or (H, W, C), got {frame.shape}")
     if frame.dtype.type in _KERNEL_DTYPES:
-        return np.ascontiguousarray(frame)
+        native = frame.dtype if frame.dtype.isnative else frame.dtype.newbyteorder("=")
+        return np.ascontiguousarray(frame, dtype=native)
     if frame.dtype.kind not in "iuf":
         raise InputError(
             f"frame dtype {frame.dtype} is not supported; use uint8, uint16 or float32"

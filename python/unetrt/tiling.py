@@ -29,9 +29,11 @@ LAYOUTS = ("NHWC", "NCHW")
 TileIndex: TypeAlias = slice | int | np.ndarray | list[int]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TilePlan:
     """Where the tiles of a frame are and which pixels each one is trusted for.
+
+    Plans compare by identity (their ``tiles`` array has no single truth value).
 
     Attributes:
         tile_h: Window height fed to the model (a multiple of the alignment).
@@ -65,8 +67,9 @@ def _positive_int(name: str, value: object) -> int:
     return int(value)
 
 
-def _axis_tile(name: str, extent: int, a: int, h: int, max_tile: int, fixed: bool) -> None:
+def _axis_tile(name: str, extent: int, a: int, halo: int, max_tile: int, fixed: bool) -> None:
     """Raises ConfigError where the C++ planner would reject an axis."""
+    h = -(-halo // a) * a
     padded = -(-extent // a) * a
     if fixed:
         if max_tile % a:
@@ -80,8 +83,9 @@ def _axis_tile(name: str, extent: int, a: int, h: int, max_tile: int, fixed: boo
         tile = padded if padded <= max_tile else max_tile // a * a
     if tile < padded and tile - 2 * h < a:
         raise ConfigError(
-            f"tile {name} {tile} too small for halo {h}: frames needing several tiles "
-            f"need tiles of at least 2 * halo + alignment = {2 * h + a} pixels"
+            f"tile {name} {tile} too small for halo {halo} (rounded up to {h} by the "
+            f"alignment {a}): frames needing several tiles need tiles of at least "
+            f"2 * halo + alignment = {2 * h + a} pixels"
         )
 
 
@@ -124,14 +128,13 @@ def plan_tiles(
         if fixed:
             raise ConfigError("a fixed tile size needs max_tile, got None")
         max_h, max_w = -(-height // a) * a, -(-width // a) * a
-    elif isinstance(max_tile, tuple) and len(max_tile) == 2:
+    elif isinstance(max_tile, (tuple, list)) and len(max_tile) == 2:
         max_h = _positive_int("max tile height", max_tile[0])
         max_w = _positive_int("max tile width", max_tile[1])
     else:
         max_h = max_w = _positive_int("max tile", max_tile)
-    h = -(-int(halo) // a) * a
-    _axis_tile("height", height, a, h, max_h, fixed)
-    _axis_tile("width", width, a, h, max_w, fixed)
+    _axis_tile("height", height, a, int(halo), max_h, fixed)
+    _axis_tile("width", width, a, int(halo), max_w, fixed)
     tile_h, tile_w, padded_h, padded_w, tiles = _core.plan_tiles(
         height, width, a, int(halo), max_h, max_w, bool(fixed)
     )
