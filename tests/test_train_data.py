@@ -11,8 +11,14 @@ import pytest
 import tifffile
 
 from unetrt.errors import ConfigError, InputError
+from unetrt.normalize import Normalization
+from unetrt.train.augment import AugmentConfig
 from unetrt.train.data import (
+    FrameDataset,
+    PatchDataset,
     PatchSampler,
+    TargetSpec,
+    build_datasets,
     ctc_mask_folder,
     frame_number,
     load_annotated,
@@ -296,3 +302,164 @@ def test_sampler_without_foreground_is_uniform_and_deterministic() -> None:
 def test_sampler_rejects_bad_bias(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         PatchSampler(**kwargs)
+
+
+# --------------------------------------------------------------------------- batches
+def _movie(tmp_path: Path, frames: int = 6, shape: tuple[int, int] = (20, 28)) -> Path:
+    """A stack whose frame t has background 10 t + 5 and a cell of 200, and its masks."""
+    labels = np.stack([_labels(shape, s) for s in range(frames)])
+    movie = np.where(labels > 0, 200, 10 * np.arange(frames)[:, None, None] + 5).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "movie.tif", movie, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "masks.tif", labels, photometric="minisblack")
+    return tmp_path
+
+
+def _videos(tmp_path: Path, **kwargs: object) -> list:
+    root = _movie(tmp_path, **kwargs)  # type: ignore[arg-type]
+    return load_annotated("stacks", root / "movie.tif", root / "masks.tif")
+
+
+def test_patch_batches_are_deterministic_per_seed_epoch_and_index(tmp_path: Path) -> None:
+    import keras
+
+    videos = _videos(tmp_path)
+    make = lambda seed: PatchDataset(  # noqa: E731
+        videos, patch_shape=(8, 16), batch_size=4, patches_per_frame=2, seed=seed
+    )
+    a, b = make(3), make(3)
+    assert isinstance(a, keras.utils.PyDataset)
+    assert len(a) == 2  # 6 frames in batches of 4; the last batch is filled up
+    x, y = a[1]
+    assert x.shape == (8, 8, 16, 1) and y.shape == (8, 8, 16, 1)
+    assert x.dtype == np.float32 and set(np.unique(y)) <= {0.0, 1.0}
+    later = b[1], b[0]  # any order gives the same batches
+    np.testing.assert_array_equal(later[0][0], x)
+    np.testing.assert_array_equal(later[1][0], a[0][0])
+    a.on_epoch_end()
+    assert not np.array_equal(a[1][0], x)
+    assert not np.array_equal(make(4)[1][0], x)
+    with pytest.raises(IndexError):
+        a[2]
+
+
+def test_fixed_patches_repeat_every_epoch(tmp_path: Path) -> None:
+    data = PatchDataset(_videos(tmp_path), patch_shape=(8, 8), fixed=True)
+    first = data[0][0]
+    data.on_epoch_end()
+    np.testing.assert_array_equal(data[0][0], first)
+
+
+def test_full_foreground_bias_puts_a_cell_in_every_patch(tmp_path: Path) -> None:
+    videos = _videos(tmp_path, shape=(40, 40))
+    data = PatchDataset(
+        videos, patch_shape=(8, 8), batch_size=6, patches_per_frame=5,
+        sampler=PatchSampler(foreground_probability=1.0), augment=AugmentConfig.off(),
+    )  # fmt: skip
+    for epoch in range(3):
+        _, y = data[0]
+        assert all(patch.any() for patch in y), f"epoch {epoch}: a patch without foreground"
+        data.on_epoch_end()
+
+
+def test_clips_end_with_the_annotated_frame_and_repeat_the_first(tmp_path: Path) -> None:
+    videos = _videos(tmp_path)
+    data = PatchDataset(
+        videos, patch_shape=(20, 28), batch_size=6, time_steps=3, augment=AugmentConfig.off(),
+        normalization=Normalization(method="none"),
+    )  # fmt: skip
+    x, y = data[0]
+    assert x.shape == (6, 3, 20, 28, 1) and y.shape == (6, 20, 28, 1)
+    for clip, target in zip(x[..., 0], y[..., 0], strict=True):
+        backgrounds = [int(frame[target == 0].min()) for frame in clip]
+        t = (backgrounds[-1] - 5) // 10  # the annotated frame
+        assert backgrounds == [10 * max(t - k, 0) + 5 for k in (2, 1, 0)]
+        np.testing.assert_array_equal(clip[-1] == 200, target == 1)
+
+
+def test_clips_need_videos(tmp_path: Path) -> None:
+    labels = _labels((16, 16), 0)
+    _write_folder(tmp_path / "inputs", ["raw_000.tif"], [_frame(labels)])
+    _write_folder(tmp_path / "labels", ["instance_ids_000.tif"], [labels])
+    with pytest.raises(InputError, match="single image"):
+        PatchDataset(load_annotated("seed_csv", tmp_path), patch_shape=(8, 8), time_steps=2)
+
+
+@pytest.mark.parametrize(
+    ("target", "shape", "values"),
+    [
+        (TargetSpec("segmentation", "mask"), (12, 8, 8, 1), {0, 1}),
+        (TargetSpec("segmentation", "sparse"), (12, 8, 8, 1), {0, 1}),
+        (TargetSpec("contours", "sparse", contour_width=1), (12, 8, 8, 1), {0, 1, 2}),
+        (TargetSpec("contours", "one_hot"), (12, 8, 8, 3), {0, 1}),
+        (TargetSpec("segmentation", "mask", border_weights=(10.0, 5.0)), (12, 8, 8, 2), None),
+    ],
+)
+def test_target_encodings(
+    tmp_path: Path, target: TargetSpec, shape: tuple[int, ...], values: set[int] | None
+) -> None:
+    data = PatchDataset(
+        _videos(tmp_path, shape=(16, 16)), patch_shape=(8, 8), batch_size=6,
+        patches_per_frame=2, target=target, sampler=PatchSampler(foreground_probability=1.0),
+    )  # fmt: skip
+    _, y = data[0]
+    assert y.shape == shape and y.dtype == np.float32
+    if values is not None:
+        assert set(np.unique(y)) == values
+    else:
+        assert set(np.unique(y[..., 0])) == {0, 1} and y[..., 1].min() > 0
+    if target.encoding == "one_hot":
+        np.testing.assert_array_equal(y.sum(axis=-1), 1)
+
+
+def test_two_heads_target(tmp_path: Path) -> None:
+    data = PatchDataset(
+        _videos(tmp_path, shape=(16, 16)), patch_shape=(16, 16),
+        target=TargetSpec("contours", "two_heads"), augment=AugmentConfig.off(),
+    )  # fmt: skip
+    _, y = data[0]
+    assert set(y) == {"mask", "target"}
+    assert (y["target"] <= y["mask"]).all() and y["target"].any()
+
+
+def test_validation_frames_are_whole_normalized_frames_cropped_to_the_alignment(
+    tmp_path: Path,
+) -> None:
+    from unetrt.normalize import normalize_frame
+
+    videos = _videos(tmp_path, shape=(21, 30))
+    spec = Normalization(method="mean")
+    data = FrameDataset(videos, alignment=8, normalization=spec)
+    assert len(data) == 6
+    x, y = data[2]
+    assert x.shape == (1, 16, 24, 1) and y.shape == (1, 16, 24, 1)
+    expected = normalize_frame(videos[0].frames[2], spec)[:16, :24]
+    np.testing.assert_array_equal(x[0, ..., 0], expected)
+    np.testing.assert_array_equal(y[0, ..., 0], videos[0].masks[2][:16, :24] > 0)
+
+
+def test_build_datasets_excludes_from_training_only(tmp_path: Path) -> None:
+    from unetrt.train.config import load_config
+
+    labels = [_labels((16, 24), s) for s in range(6)]
+    _write_folder(
+        tmp_path / "frames", [f"t{i:03d}.tif" for i in range(6)], [_frame(m) for m in labels]
+    )
+    _write_folder(tmp_path / "silver_truth", [f"man_seg{i:03d}.tif" for i in range(6)], labels)
+    _write_folder(
+        tmp_path / "gold_truth", ["man_seg001.tif", "man_seg004.tif"], [labels[1], labels[4]]
+    )
+    config = load_config(
+        {"data_format": "ctc", "data_train_images": str(tmp_path),
+         "data_exclude_frames": str(tmp_path / "gold_truth"),
+         "data_val_images": str(tmp_path), "data_val_masks": str(tmp_path / "gold_truth"),
+         "datagen_dim_size": [8, 8], "datagen_batch_size": 2, "model_pools": 2}
+    )  # fmt: skip
+    train, val = build_datasets(config)
+    assert train.frames == 4 and len(train) == 2
+    assert isinstance(val, FrameDataset) and val.frames == 2
+    assert val[0][0].shape == (1, 16, 24, 1)
+    split = load_config({**config.to_dict(), "data_val_images": None, "data_val_masks": None,
+                         "data_val_fraction": 0.5, "data_val_mode": "patches"})  # fmt: skip
+    train, val = build_datasets(split)
+    assert train.frames == 2 and isinstance(val, PatchDataset) and val.frames == 2
+    assert val.fixed and val.augment == AugmentConfig.off()

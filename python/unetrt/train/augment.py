@@ -279,7 +279,7 @@ def adjust_intensity(
         out = (out - mean) * contrast + mean + shift
     if rng.random() < config.p_noise:
         sigma = rng.uniform(0.0, config.noise_std)
-        out = out + rng.normal(0.0, sigma, size=out.shape)
+        out = out + rng.normal(0.0, sigma, size=out.shape).astype(np.float32)
     return out.astype(np.float32, copy=False)
 
 

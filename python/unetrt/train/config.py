@@ -391,7 +391,7 @@ def _check_types(c: TrainConfig) -> None:
     if not isinstance(c.augmentation, AugmentConfig):
         raise _fail("augmentation", c.augmentation, "an augmentation object")
     save = c.callbacks_save_freq
-    if save != "epoch" and not (_is_int(save) and save > 0):
+    if save != "epoch" and not (isinstance(save, int) and not isinstance(save, bool) and save > 0):
         raise _fail("callbacks_save_freq", save, '"epoch" or a positive number of batches')
     norm = c.newinfer_normalization
     if not isinstance(norm, (str, dict)):

@@ -17,6 +17,14 @@ Four layouts are read (`LAYOUTS`):
 
 Frames without a mask are kept as context for clips but never used as targets.
 Masks are instance labels or binary masks: foreground is ``label > 0``.
+
+Where we differ from the seed suite's generators, on purpose: every annotated frame
+of a video is a clip target (the seed overwrote its random choice with ``t = 1`` and
+trained its ConvLSTM on one frame per video); a foreground pixel near the border can
+be a patch centre (the window is moved inside the frame; the seed only drew centres
+whose window fit); a frame as wide as the patch but taller is still cropped at random
+(the seed returned its top-left corner when either side matched); an epoch with fewer
+frames than a batch still has one batch (the seed's ``floor`` gave zero).
 """
 
 from __future__ import annotations
@@ -642,7 +650,7 @@ def _prepare(
     return samples
 
 
-class _AnnotatedBatches(keras.utils.PyDataset):  # type: ignore[misc]
+class _AnnotatedBatches(keras.utils.PyDataset):
     """What the patch and frame datasets share: prepared samples and batch assembly."""
 
     def __init__(
@@ -776,6 +784,7 @@ class PatchDataset(_AnnotatedBatches):
                     shape=self.patch_shape,
                     centre=centre,
                 )
+                assert target is not None  # a mask went in
                 images.append(image)
                 classes.append(target)
                 weights.append(weight)
@@ -882,7 +891,7 @@ def build_datasets(
         config.datagen_type, config.target_encoding, config.datagen_contour_width, weights
     )
     time_steps = config.time_steps or 1
-    patches = {
+    patches: dict[str, Any] = {
         "patch_shape": config.datagen_dim_size,
         "batch_size": config.datagen_batch_size,
         "patches_per_frame": config.datagen_patch_batch,
