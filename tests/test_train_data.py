@@ -463,3 +463,12 @@ def test_build_datasets_excludes_from_training_only(tmp_path: Path) -> None:
     train, val = build_datasets(split)
     assert train.frames == 2 and isinstance(val, PatchDataset) and val.frames == 2
     assert val.fixed and val.augment == AugmentConfig.off()
+
+
+def test_frames_of_different_sizes_are_separate_images(tmp_path: Path) -> None:
+    small, large = _labels((12, 12), 0), _labels((16, 20), 1)
+    _write_folder(tmp_path / "img", ["a.tif", "b.tif"], [_frame(small), _frame(large)[..., None]])
+    _write_folder(tmp_path / "msk", ["a.tif", "b.tif"], [small, large])
+    videos = load_annotated("folders", tmp_path / "img", tmp_path / "msk")
+    assert [v.frames[0].shape for v in videos] == [(12, 12), (16, 20)]
+    assert all(len(v.frames) == 1 and list(v.masks) == [0] for v in videos)

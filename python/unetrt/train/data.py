@@ -69,8 +69,8 @@ def read_image(path: str | Path) -> np.ndarray:
         ):
             raise InputError(f"{path}: colour image; training needs grey frames and masks")
         array = rgb[..., 0]
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
+    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
+        array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:2])
     if array.ndim != 2:
         raise InputError(f"{path}: expected a 2D image, got shape {array.shape}")
     return array
