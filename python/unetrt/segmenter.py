@@ -250,11 +250,12 @@ class Segmenter:
         calls it with an evenly spaced sample of the input.
         """
         spec = self.contract.normalization
-        sample = [self._corrected(self._check_frame(f)) for f in frames]
-        if not sample:
+        raw = [self._check_frame(f) for f in frames]
+        if not raw:
             raise InputError("cannot compute stack statistics from zero frames")
-        stats = stack_statistics(sample, spec)
-        self._stack_affine = affine_for(stats, spec, sample[0].dtype)
+        stats = stack_statistics([self._corrected(f) for f in raw], spec)
+        # The dtype range is the raw frames' even when illumination correction made floats.
+        self._stack_affine = affine_for(stats, spec, raw[0].dtype)
 
     def _corrected(self, frame: np.ndarray) -> np.ndarray:
         sigma = self.contract.normalization.illumination_sigma
@@ -271,19 +272,22 @@ class Segmenter:
             return self._stack_affine
         return affine_for(frame_statistics(frame, spec), spec, raw_dtype)
 
-    def _check_frame(self, frame: np.ndarray) -> np.ndarray:
-        frame = np.asarray(frame)
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
         channels = self.contract.channels
-        if frame.ndim == 3 and frame.shape[-1] == 1 and channels == 1:
-            frame = frame[..., 0]
-        expected = "(H, W)" if channels == 1 else f"(H, W, {channels})"
-        if (channels == 1 and frame.ndim != 2) or (
-            channels > 1 and (frame.ndim != 3 or frame.shape[-1] != channels)
+        if (channels == 1 and len(shape) != 2) or (
+            channels > 1 and (len(shape) != 3 or shape[-1] != channels)
         ):
+            expected = "(H, W)" if channels == 1 else f"(H, W, {channels})"
             raise InputError(
                 f"the model takes frames of shape {expected} ({channels} channel"
-                f"{'s' if channels > 1 else ''}), got a frame of shape {frame.shape}"
+                f"{'s' if channels > 1 else ''}), got frames of shape {tuple(shape)}"
             )
+
+    def _check_frame(self, frame: np.ndarray) -> np.ndarray:
+        frame = np.asarray(frame)
+        if frame.ndim == 3 and frame.shape[-1] == 1 and self.contract.channels == 1:
+            frame = frame[..., 0]
+        self._check_shape(frame.shape)
         if frame.dtype.kind in "bcOSUV":
             raise InputError(f"cannot segment frames of dtype {frame.dtype}")
         if frame.dtype not in _ALLOWED_DTYPES:
@@ -466,25 +470,26 @@ class Segmenter:
                 n = len(stack)
                 picks = np.unique(np.linspace(0, n - 1, min(n, STACK_SAMPLE_FRAMES)).astype(int))
                 self.fit_stack(stack.read(int(i)) for i in picks)
+            self._check_shape(stack.frame_shape)
             height, width = stack.frame_shape[:2]
             mask_dtype = np.uint16 if self.postprocess.label else np.uint8
-            with _progress(len(stack), progress, stack.name) as bar:
-                mask_writer = StackWriter(
-                    out_path, frame_shape=(height, width), dtype=mask_dtype, n_frames=len(stack)
-                )
-                with (
-                    mask_writer,
-                    _optional_writer(
-                        prob_path, (height, width, self.classes), len(stack)
-                    ) as prob_writer,
-                ):
-                    count = 0
-                    for probs in self.predict_frames(prefetch(iter(stack))):
-                        if prob_writer is not None:
-                            prob_writer.write(probs)
-                        mask_writer.write(self.to_mask(probs))
-                        count += 1
-                        bar.update(1)
+            # Open the outputs before the progress bar so that a bad path fails cleanly.
+            mask_writer = StackWriter(
+                out_path, frame_shape=(height, width), dtype=mask_dtype, n_frames=len(stack)
+            )
+            prob_writer = _optional_writer(prob_path, (height, width, self.classes), len(stack))
+            with (
+                mask_writer,
+                prob_writer as probs_out,
+                _progress(len(stack), progress, stack.name) as bar,
+            ):
+                count = 0
+                for probs in self.predict_frames(prefetch(iter(stack))):
+                    if probs_out is not None:
+                        probs_out.write(probs)
+                    mask_writer.write(self.to_mask(probs))
+                    count += 1
+                    bar.update(1)
         return SegmentSummary(count, time.perf_counter() - started, out_path, prob_path)
 
     def close(self) -> None:
