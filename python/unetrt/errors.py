@@ -8,6 +8,8 @@ non-zero without a traceback; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class UnetrtError(Exception):
     """Base class of every error meant to be shown to the user as is."""
@@ -33,7 +35,7 @@ class MissingDependencyError(UnetrtError):
     """An optional dependency is needed; the message names the extra to install."""
 
 
-def require(module: str, extra: str) -> object:
+def require(module: str, extra: str) -> Any:
     """Import an optional dependency lazily.
 
     Args:

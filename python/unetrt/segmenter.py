@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -144,7 +145,7 @@ class Segmenter:
         halo: str | int = "auto",
         batch: int = 1,
         stitch: str = "crop",
-        normalization: Normalization | dict[str, object] | None = None,
+        normalization: Normalization | dict[str, Any] | None = None,
         threshold: float | None = None,
         threads: int | None = None,
         max_tile_pixels: int = DEFAULT_MAX_TILE_PIXELS,
@@ -532,7 +533,7 @@ def _optional_writer(
     return StackWriter(path, frame_shape=frame_shape, dtype=np.float32, n_frames=n_frames)
 
 
-def _progress(total: int, enabled: bool, name: str):  # type: ignore[no-untyped-def]
+def _progress(total: int, enabled: bool, name: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(
