@@ -109,6 +109,7 @@ def numpy_tiling(model_path: Path, stack: Path, out: Path, threads: int, align: 
 
 def keras_predict(frames: int, size: int) -> float | None:
     """(d) Keras predict on whole frames with the same architecture, if TensorFlow is here."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         from unetrt.train.models import UNetConfig, build_unet
     except ImportError:

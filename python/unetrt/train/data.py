@@ -42,6 +42,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import ConfigError, InputError
+from ..io import open_frames
 from ..normalize import Normalization
 from .augment import AugmentConfig, augment_patch
 
@@ -92,18 +93,12 @@ def read_stack(path: str | Path) -> np.ndarray:
 
 
 def _read(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(path))
-        import imageio.v3 as iio
-
-        return np.asarray(iio.imread(path))
-    except Exception as exc:  # any decoder failure is a bad input file
-        raise InputError(f"{path}: cannot read image ({exc})") from exc
+    # One reader for training and inference: unetrt.io knows TIFF flavours, PNG and
+    # corrupt files, and says what is wrong in its InputError.
+    with open_frames(path) as source:
+        if len(source) == 1:
+            return source.read(0)
+        return np.stack(list(source))
 
 
 def frame_number(path: str | Path) -> int | None:
