@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__, build_info
-from .errors import ConfigError, UnetrtError
+from .errors import ConfigError, UnetrtError, require
 from .normalize import METHODS, SCOPES
 
 EXIT_ERROR = 1
@@ -122,6 +122,59 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    require("tensorflow", "train")
+    from .train.run import train
+
+    path = train(
+        args.config,
+        output_dir=args.output_dir,
+        resume=args.resume,
+        epochs=args.epochs,
+        verbose=0 if args.quiet else 2,
+    )
+    if not args.quiet:
+        print(f"trained model written to {path}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    require("tensorflow", "train")
+    from .export import describe, export
+
+    contract = export(
+        args.model, args.output, config=args.config, check_frames=args.check_images, atol=args.atol
+    )
+    if not args.quiet:
+        print(f"exported {args.model} -> {args.output} (ONNX Runtime matches Keras)")
+        print(describe(contract))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    from .postprocess import PostProcess
+
+    report = evaluate(
+        args.model,
+        args.images,
+        args.masks,
+        csv=args.csv,
+        pair=args.pair,
+        backend=args.backend,
+        device=args.device,
+        tile=args.tile,
+        batch=args.batch,
+        threshold=args.threshold,
+        threads=args.threads,
+        postprocess=PostProcess(min_size=args.min_size, fill_holes=args.fill_holes),
+    )
+    print(report.table())
+    if args.csv:
+        print(f"scores written to {args.csv}")
+    return 0
+
+
 def _shape(shape: Sequence[int | None]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
@@ -192,6 +245,74 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_options(info)
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_cmd_info)
+
+    tr = sub.add_parser(
+        "train",
+        help="train a U-Net from a JSON training configuration (needs unetrt[train])",
+        description="Train the model CONFIG describes; writes model.keras, config.json, "
+        "log.csv, checkpoints/ and montages/ into the output folder.",
+    )
+    tr.add_argument("config", help="training configuration (JSON)")
+    tr.add_argument("--output-dir", help="output folder (default: the config's output_dir)")
+    tr.add_argument(
+        "--resume", metavar="CHECKPOINT", help="continue from checkpoints/epochNNNN.keras"
+    )
+    tr.add_argument("--epochs", type=int, help="total epochs (overrides train_max_epochs)")
+    tr.add_argument("-q", "--quiet", action="store_true", help="no per-epoch log lines")
+    tr.set_defaults(func=_cmd_train)
+
+    ex = sub.add_parser(
+        "export",
+        help="export a trained Keras model to ONNX with its contract (needs unetrt[train])",
+        description="Convert MODEL.keras to ONNX (input 'frame', dynamic batch/height/width, "
+        "the model contract in its metadata) and check ONNX Runtime against Keras.",
+    )
+    ex.add_argument("model", help="trained Keras model (.keras)")
+    ex.add_argument("-o", "--output", required=True, help="ONNX model to write")
+    ex.add_argument(
+        "--config", help="training configuration (default: config.json next to the model)"
+    )
+    ex.add_argument(
+        "--check-images",
+        metavar="STACK",
+        help="also compare ONNX Runtime and Keras on the first frames of this stack or folder",
+    )
+    ex.add_argument(
+        "--atol",
+        type=float,
+        default=1e-4,
+        help="largest difference allowed between ONNX Runtime and Keras (default 1e-4)",
+    )
+    ex.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    ex.set_defaults(func=_cmd_export)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="segment annotated frames and report Dice, IoU and pixel difference",
+        description="Segment IMAGES with the engine and compare with MASKS (foreground: "
+        "label > 0) frame by frame.",
+    )
+    ev.add_argument("--model", help="ONNX model (default: the model shipped with unetrt)")
+    ev.add_argument("--images", required=True, help="frames: stack, folder or glob")
+    ev.add_argument("--masks", required=True, help="ground-truth masks: stack, folder or glob")
+    ev.add_argument("--csv", metavar="PATH", help="write per-frame scores and the mean to PATH")
+    ev.add_argument(
+        "--pair",
+        choices=("auto", "number", "order"),
+        default="auto",
+        help="pair frames and masks by the number in their file names or in order "
+        "(default auto: by number when both are folders of numbered files)",
+    )
+    _add_engine_options(ev)
+    ev.add_argument("--tile", default="auto", help="'auto', SIZE or HxW")
+    ev.add_argument("--batch", type=int, default=1, help="tiles per engine call (default 1)")
+    ev.add_argument("--threshold", type=float, help="foreground threshold (default: model's)")
+    ev.add_argument("--threads", type=int, help="CPU threads for the engine")
+    ev.add_argument(
+        "--min-size", type=int, default=0, metavar="N", help="remove objects smaller than N pixels"
+    )
+    ev.add_argument("--fill-holes", action="store_true", help="fill holes in objects")
+    ev.set_defaults(func=_cmd_evaluate)
     return parser
 
 

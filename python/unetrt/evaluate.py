@@ -1,0 +1,252 @@
+"""Evaluate a model against ground-truth masks: per-frame and mean Dice, IoU, pixel difference.
+
+The engine (`unetrt.Segmenter`, with the options it is given) segments the frames, and
+each predicted mask is compared with its ground truth using `unetrt.metrics`. Both
+sides count as foreground where they are ``> 0``: instance label masks work as they are,
+and for a multi-class model every class but the background is foreground.
+
+Frames and masks are paired
+
+- by frame number (``pair="number"``): the last group of digits in each file name (the
+  rule training data uses too), as in the Cell Tracking Challenge (``t010.tif`` <->
+  ``man_seg010.tif``). Every mask needs a frame; frames without a mask are not scored,
+  so a folder of hand-drawn masks for a few frames evaluates against the whole video.
+- in order (``pair="order"``): frame ``i`` with mask ``i``; the counts must match.
+- ``pair="auto"`` (the default) pairs by number when both sides are folders (or globs)
+  of single-frame files whose names all carry distinct numbers, else in order.
+"""
+
+from __future__ import annotations
+
+import csv as csv_module
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from .errors import ConfigError, InputError, OutputError
+from .io import FrameSource, open_frames
+
+PAIRINGS = ("auto", "number", "order")
+CSV_COLUMNS = ("frame", "image", "mask", "dice", "iou", "pixel_difference_percent")
+
+
+@dataclass(frozen=True)
+class FrameScore:
+    """The scores of one frame.
+
+    Attributes:
+        image: The frame: its file name, or ``"<stack name>[i]"`` for a frame of a stack.
+        mask: The ground truth, named the same way.
+        dice: Dice coefficient of the foregrounds.
+        iou: Intersection over union of the foregrounds.
+        pixel_difference: Percentage of pixels whose foreground state differs.
+    """
+
+    image: str
+    mask: str
+    dice: float
+    iou: float
+    pixel_difference: float
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """Per-frame scores of a model on annotated frames, and their means."""
+
+    model: str
+    frames: tuple[FrameScore, ...]
+
+    @property
+    def mean_dice(self) -> float:
+        """Mean of the per-frame Dice coefficients."""
+        return float(np.mean([f.dice for f in self.frames]))
+
+    @property
+    def mean_iou(self) -> float:
+        """Mean of the per-frame IoUs."""
+        return float(np.mean([f.iou for f in self.frames]))
+
+    @property
+    def mean_pixel_difference(self) -> float:
+        """Mean of the per-frame pixel differences (percent)."""
+        return float(np.mean([f.pixel_difference for f in self.frames]))
+
+    def table(self) -> str:
+        """The scores as a text table: one row per frame, then the mean."""
+        width = max(len("image"), *(len(f.image) for f in self.frames))
+        lines = [f"{'image':<{width}}  {'dice':>7}  {'iou':>7}  {'pixdiff%':>8}"]
+        for f in self.frames:
+            lines.append(
+                f"{f.image:<{width}}  {f.dice:7.4f}  {f.iou:7.4f}  {f.pixel_difference:8.3f}"
+            )
+        lines.append(
+            f"{'mean (' + str(len(self.frames)) + ')':<{width}}  {self.mean_dice:7.4f}  "
+            f"{self.mean_iou:7.4f}  {self.mean_pixel_difference:8.3f}"
+        )
+        return "\n".join(lines)
+
+    def write_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Write the per-frame rows and a final ``mean`` row to a CSV file.
+
+        The file is written under a temporary name and renamed when complete.
+
+        Raises:
+            OutputError: If the file cannot be written.
+        """
+        path = Path(path)
+        rows: list[Sequence[object]] = [
+            (i, f.image, f.mask, f.dice, f.iou, f.pixel_difference)
+            for i, f in enumerate(self.frames)
+        ]
+        rows.append(("mean", "", "", self.mean_dice, self.mean_iou, self.mean_pixel_difference))
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        try:
+            with os.fdopen(fd, "w", newline="") as handle:
+                writer = csv_module.writer(handle)
+                writer.writerow(CSV_COLUMNS)
+                writer.writerows(rows)
+            os.replace(name, path)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        finally:
+            Path(name).unlink(missing_ok=True)
+        return path
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def evaluate(
+    model: str | os.PathLike[str] | None,
+    images: str | os.PathLike[str],
+    masks: str | os.PathLike[str],
+    *,
+    csv: str | os.PathLike[str] | None = None,
+    pair: str = "auto",
+    **segmenter_options: Any,
+) -> EvaluationReport:
+    """Segment annotated frames with a model and score the masks against the truth.
+
+    Args:
+        model: ONNX model; None uses the default model shipped with unetrt.
+        images: The frames: a multi-page TIFF, a folder or a glob of single frames.
+        masks: The ground truth, in the same forms: binary or instance masks
+            (foreground ``> 0``).
+        csv: Optional CSV file for the per-frame scores and their mean.
+        pair: How frames and masks are paired: ``"auto"``, ``"number"`` or ``"order"``
+            (see the module docstring).
+        **segmenter_options: Passed to `unetrt.Segmenter` (``tile``, ``batch``,
+            ``threshold``, ``postprocess``, ...).
+
+    Returns:
+        The per-frame scores and their means.
+
+    Raises:
+        InputError: If the frames or masks cannot be read, do not pair up (the counts are
+            named), or a mask's shape differs from its frame's.
+        ConfigError: On an unknown pairing.
+        OutputError: If the CSV cannot be written.
+    """
+    from .segmenter import STACK_SAMPLE_FRAMES, Segmenter
+
+    if pair not in PAIRINGS:
+        raise ConfigError(f"pair must be one of {PAIRINGS}, got {pair!r}")
+    if csv is not None and not Path(csv).parent.is_dir():
+        raise OutputError(f"cannot write {csv}: folder {Path(csv).parent} does not exist")
+    with open_frames(images) as frames, open_frames(masks) as truths:
+        pairs = _pairs(frames, truths, pair)
+        with Segmenter(model, **segmenter_options) as segmenter:
+            if segmenter.contract.normalization.scope == "stack":
+                n = len(frames)
+                picks = np.unique(np.linspace(0, n - 1, min(n, STACK_SAMPLE_FRAMES)).astype(int))
+                segmenter.fit_stack(frames.read(int(i)) for i in picks)
+
+            def paired_frames() -> Iterator[np.ndarray]:
+                for i, _ in pairs:
+                    yield frames.read(i)
+
+            scores = []
+            for (i, j), predicted in zip(
+                pairs, segmenter.segment_frames(paired_frames()), strict=True
+            ):
+                truth = truths.read(j)
+                image_name, mask_name = _frame_name(frames, i), _frame_name(truths, j)
+                if truth.shape[:2] != predicted.shape[:2] or truth.ndim != 2:
+                    raise InputError(
+                        f"mask {mask_name} has shape {truth.shape} but frame {image_name} "
+                        f"has {predicted.shape[:2]}; masks must be 2D and match their frames"
+                    )
+                scores.append(
+                    FrameScore(
+                        image=image_name,
+                        mask=mask_name,
+                        dice=metrics.dice(predicted, truth),
+                        iou=metrics.iou(predicted, truth),
+                        pixel_difference=metrics.pixel_difference(predicted, truth),
+                    )
+                )
+            model_name = str(segmenter.model.path)
+    report = EvaluationReport(model=model_name, frames=tuple(scores))
+    if csv is not None:
+        report.write_csv(csv)
+    return report
+
+
+# ------------------------------------------------------------------------- pairing
+def _numbers(source: FrameSource) -> list[int] | None:
+    """Frame numbers of a one-file-per-frame source, or None if it has none to offer."""
+    if len(source.files) != len(source):
+        return None
+    found = [re.findall(r"\d+", f.stem) for f in source.files]
+    if not all(found):
+        return None
+    numbers = [int(digits[-1]) for digits in found]
+    return numbers if len(set(numbers)) == len(numbers) else None
+
+
+def _pairs(frames: FrameSource, truths: FrameSource, pair: str) -> list[tuple[int, int]]:
+    """(frame index, mask index) of each scored frame, in frame order."""
+    frame_numbers, mask_numbers = _numbers(frames), _numbers(truths)
+    by_number = pair == "number" or (
+        pair == "auto" and frame_numbers is not None and mask_numbers is not None
+    )
+    if not by_number:
+        if len(frames) != len(truths):
+            raise InputError(
+                f"{frames.name} has {len(frames)} frames but {truths.name} has "
+                f"{len(truths)} masks; pairing in order needs as many masks as frames "
+                f"(name files with frame numbers to pair by number)"
+            )
+        return [(i, i) for i in range(len(frames))]
+    for source, numbers in ((frames, frame_numbers), (truths, mask_numbers)):
+        if numbers is None:
+            raise InputError(
+                f"cannot pair by frame number: {source.name} is not a folder of files "
+                f"whose names all carry distinct numbers"
+            )
+    assert frame_numbers is not None and mask_numbers is not None
+    index_of = {n: i for i, n in enumerate(frame_numbers)}
+    missing = sorted(set(mask_numbers) - set(index_of))
+    if missing:
+        shown = ", ".join(str(n) for n in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise InputError(
+            f"{len(missing)} of the {len(truths)} masks in {truths.name} have no frame with "
+            f"their number in {frames.name} ({len(frames)} frames): {shown}"
+        )
+    return sorted((index_of[n], j) for j, n in enumerate(mask_numbers))
+
+
+def _frame_name(source: FrameSource, index: int) -> str:
+    if len(source.files) == len(source):
+        return source.files[index].name
+    return f"{source.name}[{index}]"

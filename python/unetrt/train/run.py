@@ -1,0 +1,279 @@
+"""A training run: ``unetrt train CONFIG.json``.
+
+`train` builds the model, the datasets and the loss a `TrainConfig` describes, fits
+the model with Keras, and leaves in the output folder::
+
+    model.keras        the trained model (the best epoch's weights, see below)
+    config.json        the training configuration (what `unetrt export` reads)
+    log.csv            loss and metrics per epoch (appended to when resuming)
+    checkpoints/       epochNNNN.keras every ``callbacks_save_freq`` (the last 3 kept)
+    montages/          epochNNNN.png: image | truth | prediction on a few validation frames
+    tensorboard/       TensorBoard logs, when the ``tensorboard`` package is installed
+
+Early stopping watches the validation loss (the training loss without validation data)
+with ``callbacks_patience`` and restores the best weights at the end, whether or not it
+stopped the run; the learning rate is halved after ``max(1, patience // 2)`` epochs
+without improvement. A run resumes from a checkpoint with its weights, optimizer state
+and epoch (from the ``epochNNNN`` in its name); early stopping and the learning-rate
+schedule start afresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from PIL import Image
+
+from ..errors import ConfigError, ModelError, OutputError
+from ..export import CONFIG_NAME
+from .config import TrainConfig, load_config
+from .data import build_datasets
+from .metrics import dice_coefficient, jaccard
+from .models import build_model
+
+MODEL_NAME = "model.keras"
+LOG_NAME = "log.csv"
+#: Periodic checkpoints kept in ``checkpoints/`` (older ones are deleted).
+KEEP_CHECKPOINTS = 3
+#: Validation frames (or patches) shown in each epoch's montage.
+MONTAGE_FRAMES = 3
+#: Longest side of one montage panel, in pixels (larger frames are shrunk).
+MONTAGE_PANEL = 384
+_CHECKPOINT = re.compile(r"epoch(\d+)(-batch\d+)?\.keras$")
+
+
+def train(
+    config: TrainConfig | str | os.PathLike[str] | dict[str, Any],
+    *,
+    output_dir: str | os.PathLike[str] | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    epochs: int | None = None,
+    verbose: int | str = 2,
+) -> Path:
+    """Train a model as the configuration says and save it with its configuration.
+
+    Args:
+        config: A `TrainConfig`, the path of its JSON file, or the parsed JSON.
+        output_dir: Folder for the model, logs and checkpoints (default: the
+            configuration's ``output_dir``).
+        resume: A checkpoint (``checkpoints/epochNNNN.keras``) to continue from.
+        epochs: Overrides ``train_max_epochs`` (the total, counting resumed epochs).
+        verbose: Keras ``fit`` verbosity: 0 silent, 1 progress bar, 2 one line per epoch.
+
+    Returns:
+        The path of the saved ``model.keras``.
+
+    Raises:
+        ConfigError: If the configuration is invalid or does not fit the data.
+        InputError: If the data cannot be read.
+        ModelError: If pretrained weights or the checkpoint cannot be loaded.
+        OutputError: If the output folder cannot be written.
+    """
+    if isinstance(config, TrainConfig):
+        cfg = config
+    else:
+        cfg = load_config(config if isinstance(config, dict) else Path(config))
+    if epochs is not None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
+        cfg = dataclasses.replace(cfg, train_max_epochs=epochs)
+    out = Path(output_dir if output_dir is not None else cfg.output_dir)
+    cfg = dataclasses.replace(cfg, output_dir=str(out.resolve()))
+    initial_epoch = _checkpoint_epoch(Path(resume)) if resume is not None else 0
+    if initial_epoch >= cfg.train_max_epochs:
+        raise ConfigError(
+            f"checkpoint {resume} already has {initial_epoch} epochs; "
+            f"train_max_epochs is {cfg.train_max_epochs} (raise it with --epochs)"
+        )
+    for folder in (out, out / "checkpoints", out / "montages"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+    _write_text(out / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    keras.utils.set_random_seed(cfg.weights_seed)
+    train_set, val_set = build_datasets(cfg)
+    train_set.epoch = initial_epoch  # a resumed run draws new patches, not epoch 0's again
+    model = build_model(cfg.model_config())
+    metrics: Any = [dice_coefficient, jaccard]
+    if isinstance(model.output, (list, tuple)):  # two heads: score the mask
+        metrics = {"mask": metrics}
+    model.compile(optimizer=keras.optimizers.Adam(cfg.model_lr), loss=cfg.loss(), metrics=metrics)
+    if cfg.train_pretrained_weights is not None:
+        _load_weights(model, Path(cfg.train_pretrained_weights), optimizer=False)
+    if resume is not None:
+        _load_weights(model, Path(resume), optimizer=True)
+
+    monitor = "val_loss" if val_set is not None else "loss"
+    checkpoint_name = (
+        "epoch{epoch:04d}.keras"
+        if cfg.callbacks_save_freq == "epoch"
+        else "epoch{epoch:04d}-batch{batch:06d}.keras"
+    )
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(
+            str(out / "checkpoints" / checkpoint_name), save_freq=cfg.callbacks_save_freq
+        ),
+        _PruneCheckpoints(out / "checkpoints", KEEP_CHECKPOINTS),
+        keras.callbacks.EarlyStopping(
+            monitor=monitor, patience=cfg.callbacks_patience, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor,
+            factor=0.5,
+            patience=max(1, cfg.callbacks_patience // 2),
+            min_lr=cfg.model_lr / 100,
+        ),
+        keras.callbacks.CSVLogger(str(out / LOG_NAME), append=resume is not None),
+        _Montage(val_set if val_set is not None else train_set, out / "montages"),
+    ]
+    if importlib.util.find_spec("tensorboard") is not None:
+        callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard")))
+    model.fit(
+        train_set,
+        validation_data=val_set,
+        epochs=cfg.train_max_epochs,
+        initial_epoch=initial_epoch,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    path = out / MODEL_NAME
+    try:
+        model.save(path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    """Epochs completed when a checkpoint was written (a mid-epoch one restarts its epoch)."""
+    if not path.is_file():
+        raise ModelError(f"cannot resume from {path}: no such file")
+    match = _CHECKPOINT.search(path.name)
+    if match is None:
+        raise ConfigError(
+            f"cannot tell which epoch checkpoint {path.name} ends; `unetrt train` names "
+            f"them epochNNNN.keras (NNNN epochs done)"
+        )
+    epoch = int(match.group(1))
+    return epoch - 1 if match.group(2) else epoch
+
+
+def _load_weights(model: Any, path: Path, *, optimizer: bool) -> None:
+    if not path.is_file():
+        raise ModelError(f"cannot load weights from {path}: no such file")
+    if optimizer:  # a .keras checkpoint restores the optimizer state into a built optimizer
+        model.optimizer.build(model.trainable_variables)
+    try:
+        model.load_weights(path)
+    except Exception as exc:  # Keras raises ValueError, KeyError, OSError, ...
+        raise ModelError(
+            f"cannot load weights from {path} into this model "
+            f"(is it the same architecture as the configuration?): {exc}"
+        ) from exc
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(name, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+class _PruneCheckpoints(keras.callbacks.Callback):
+    """Deletes all but the newest `keep` checkpoints after each epoch."""
+
+    def __init__(self, folder: Path, keep: int) -> None:
+        super().__init__()
+        self.folder = folder
+        self.keep = keep
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        files = sorted(p for p in self.folder.glob("epoch*.keras") if _CHECKPOINT.search(p.name))
+        for old in files[: -self.keep]:
+            old.unlink(missing_ok=True)
+
+
+class _Montage(keras.callbacks.Callback):
+    """Writes ``montages/epochNNNN.png``: one row per frame, image | truth | prediction."""
+
+    def __init__(self, dataset: Any, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+        self.images, self.truths = _montage_inputs(dataset)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        rows = []
+        for x, truth in zip(self.images, self.truths, strict=True):
+            prediction = self.model(x[None], training=False)
+            if isinstance(prediction, (list, tuple)):
+                prediction = prediction[0]
+            frame = x[-1] if x.ndim == 4 else x  # the predicted (last) frame of a clip
+            panels = [_grey(frame[..., 0]), _classes_image(truth), _classes_image(prediction[0])]
+            rows.append(_shrink(np.concatenate(panels, axis=1), max(frame.shape[:2])))
+        width = max(r.shape[1] for r in rows)
+        montage = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]))) for r in rows])
+        path = self.folder / f"epoch{epoch + 1:04d}.png"
+        try:
+            Image.fromarray(montage).save(path)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _montage_inputs(dataset: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A few fixed inputs and truths (mask or class channels) from a dataset."""
+    images: list[np.ndarray] = []
+    truths: list[np.ndarray] = []
+    batches = len(dataset)
+    for index in np.unique(np.linspace(0, batches - 1, MONTAGE_FRAMES).astype(int)):
+        x, y = dataset[int(index)]
+        if isinstance(y, dict):  # two heads: show the mask
+            y = y["mask"]
+        for item in range(len(x)):
+            images.append(np.asarray(x[item]))
+            truth = np.asarray(y[item])
+            # A mask target may carry a weight map as its second channel.
+            truths.append(truth[..., :1] if truth.shape[-1] == 2 else truth)
+            if len(images) == MONTAGE_FRAMES:
+                return images, truths
+    return images, truths
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    scaled = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+    return (np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _classes_image(values: Any) -> np.ndarray:
+    """A probability channel as grey levels, or classes (argmax / one-hot / ids) spread to 0-255."""
+    values = np.asarray(values, dtype=np.float32)
+    if values.shape[-1] == 1:
+        level = values[..., 0]
+        if level.max() > 1.0:  # sparse class ids
+            level = level / level.max()
+    else:
+        level = np.argmax(values, axis=-1) / (values.shape[-1] - 1)
+    return (np.clip(level, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _shrink(row: np.ndarray, panel_side: int) -> np.ndarray:
+    """Scale a montage row so that its panels are at most `MONTAGE_PANEL` pixels wide and high."""
+    if panel_side <= MONTAGE_PANEL:
+        return row
+    scale = MONTAGE_PANEL / panel_side
+    size = (round(row.shape[1] * scale), round(row.shape[0] * scale))
+    return np.asarray(Image.fromarray(row).resize(size, Image.Resampling.BILINEAR))

@@ -1,0 +1,194 @@
+"""Tests for unetrt.export: Keras -> ONNX round trip, the contract in the metadata, failures.
+
+Models are tiny (2 pools, 4 filters) with random weights and batch normalization
+statistics moved off their defaults, so the check compares real arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("tf2onnx")
+onnx = pytest.importorskip("onnx")
+import onnxruntime as ort  # noqa: E402
+
+from unetrt.cli import main  # noqa: E402
+from unetrt.contract import CONTRACT_KEY, ModelContract  # noqa: E402
+from unetrt.errors import ModelError, OutputError  # noqa: E402
+from unetrt.export import CONFIG_NAME, ExportError, export  # noqa: E402
+from unetrt.normalize import Normalization  # noqa: E402
+from unetrt.segmenter import Segmenter  # noqa: E402
+from unetrt.train.config import load_config  # noqa: E402
+from unetrt.train.models import build_model, receptive_field  # noqa: E402
+
+BASE_CONFIG: dict[str, Any] = {
+    "data_train_images": "frames",
+    "data_train_masks": "masks",
+    "model_pools": 2,
+    "model_n_filters": 4,
+    "batch_norm": True,
+    "upsampling": "transpose",
+    "datagen_dim_size": [32, 32],
+    "newinfer_normalization": {"method": "percentile", "low": 1.0, "high": 99.0},
+}
+
+
+def _save_model(folder: Path, config: dict[str, Any] | None = None, *, beside: bool = True) -> Path:
+    """Build the model a config describes, perturb its weights, save it (and the config)."""
+    values = {**BASE_CONFIG, **(config or {})}
+    cfg = load_config(values)
+    model = build_model(cfg.model_config())
+    rng = np.random.default_rng(1)
+    # Random batch-norm statistics and biases, so inference mode is not an identity.
+    model.set_weights(
+        [w + rng.normal(0, 0.1, w.shape).astype(np.float32) ** 2 for w in model.get_weights()]
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.keras"
+    model.save(path)
+    if beside:
+        (folder / CONFIG_NAME).write_text(json.dumps(values))
+    return path
+
+
+def _contract_of(path: Path) -> ModelContract:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ModelContract.from_json(session.get_modelmeta().custom_metadata_map[CONTRACT_KEY])
+
+
+def test_round_trip_and_contract_from_training_config(tmp_path: Path) -> None:
+    keras_path = _save_model(tmp_path / "run")
+    onnx_path = tmp_path / "model.onnx"
+    contract = export(keras_path, onnx_path)
+
+    cfg = load_config({**BASE_CONFIG}).model_config()
+    assert _contract_of(onnx_path) == contract
+    assert contract.alignment == 4
+    assert contract.halo == receptive_field(cfg)
+    assert contract.normalization == Normalization(method="percentile", low=1.0, high=99.0)
+    assert (contract.layout, contract.channels, contract.output) == ("NHWC", 1, "sigmoid")
+    assert (contract.temporal, contract.classes) == ("none", ("background", "foreground"))
+
+    model = onnx.load(onnx_path)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    (frame_input,) = model.graph.input
+    assert frame_input.name == "frame"
+    dims = frame_input.type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [0, 0, 0, 1]  # dynamic batch, height, width
+
+    keras_model = __import__("keras").models.load_model(keras_path, compile=False)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((3, 20, 28, 1), dtype=np.float32)
+    (got,) = session.run(None, {"frame": x})
+    np.testing.assert_allclose(got, keras_model(x, training=False), atol=1e-4, rtol=0)
+
+
+def test_segmenter_runs_the_exported_model(tmp_path: Path) -> None:
+    keras_path = _save_model(tmp_path / "run", {"newinfer_normalization": "range"})
+    onnx_path = tmp_path / "model.onnx"
+    export(keras_path, onnx_path)
+    keras_model = __import__("keras").models.load_model(keras_path, compile=False)
+    frame = np.random.default_rng(2).integers(0, 256, (24, 36), dtype=np.uint8)
+    with Segmenter(onnx_path) as segmenter:
+        probabilities = segmenter.predict_frame(frame)
+    expected = keras_model(frame[None, :, :, None].astype(np.float32) / 255, training=False)
+    np.testing.assert_allclose(probabilities, np.asarray(expected)[0, :, :, 0], atol=1e-4)
+
+
+def test_contract_measured_without_training_config(tmp_path: Path) -> None:
+    keras_path = _save_model(tmp_path / "run", beside=False)
+    contract = export(keras_path, tmp_path / "model.onnx")
+    cfg = load_config({**BASE_CONFIG}).model_config()
+    assert contract.alignment == 4
+    # The impulse probe finds the field up to the alignment; the formula is an upper bound.
+    assert 0 < contract.halo <= -(-receptive_field(cfg) // 4) * 4
+    assert contract.output == "sigmoid"
+
+
+def test_softmax_and_two_head_models(tmp_path: Path) -> None:
+    softmax = {"model_lossfunction": "sparse_cce", "datagen_type": "contours"}
+    contract = export(_save_model(tmp_path / "softmax", softmax), tmp_path / "softmax.onnx")
+    assert contract.output == "softmax"
+    assert contract.classes == ("background", "cell", "contour")
+
+    heads = {"model_lossfunction": "multiple_output", "datagen_type": "contours"}
+    contract = export(_save_model(tmp_path / "heads", heads), tmp_path / "heads.onnx")
+    assert contract.output == "sigmoid"
+    outputs = [o.name for o in onnx.load(tmp_path / "heads.onnx").graph.output]
+    assert outputs == ["mask", "target"]  # the engine reads the first
+
+
+def test_convlstm_model_exports_as_window(tmp_path: Path) -> None:
+    clip = {"cnn_name": "lstm_unet", "time_steps": 2, "model_lossfunction": "bce_dice"}
+    keras_path = _save_model(tmp_path / "lstm", clip)
+    frames = np.random.default_rng(3).integers(0, 256, (3, 20, 24), dtype=np.uint8)
+    contract = export(keras_path, tmp_path / "lstm.onnx", check_frames=frames)
+    assert (contract.temporal, contract.time_steps) == ("window", 2)
+    dims = onnx.load(tmp_path / "lstm.onnx").graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [0, 2, 0, 0, 1]
+
+
+def test_check_with_real_frames_from_a_stack(tmp_path: Path) -> None:
+    stack = np.random.default_rng(4).integers(0, 4000, (5, 30, 42), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    keras_path = _save_model(tmp_path / "run")
+    export(keras_path, tmp_path / "model.onnx", check_frames=tmp_path / "stack.tif")
+    assert (tmp_path / "model.onnx").is_file()
+
+
+def test_mismatch_fails_loudly_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keras_path = _save_model(tmp_path / "run")
+    out = tmp_path / "out"
+    out.mkdir()
+    run = ort.InferenceSession.run
+
+    def off_by_a_little(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return [y + np.float32(2e-4) for y in run(self, *args, **kwargs)]
+
+    monkeypatch.setattr(ort.InferenceSession, "run", off_by_a_little)
+    with pytest.raises(ExportError, match=r"differs from the Keras model by 0.0002"):
+        export(keras_path, out / "model.onnx")
+    assert list(out.iterdir()) == []  # neither the model nor a temporary file
+    monkeypatch.undo()
+    export(keras_path, out / "model.onnx", atol=1e-4)
+    assert [p.name for p in out.iterdir()] == ["model.onnx"]
+
+
+def test_config_that_does_not_describe_the_model_is_refused(tmp_path: Path) -> None:
+    keras_path = _save_model(tmp_path / "run")
+    clip = {**BASE_CONFIG, "cnn_name": "lstm_unet", "time_steps": 2}
+    (tmp_path / "clip.json").write_text(json.dumps(clip))
+    with pytest.raises(ExportError, match="is the config next to the model the one"):
+        export(keras_path, tmp_path / "model.onnx", config=tmp_path / "clip.json")
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_bad_paths(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="missing.keras: no such file"):
+        export(tmp_path / "missing.keras", tmp_path / "model.onnx")
+    keras_path = _save_model(tmp_path / "run")
+    with pytest.raises(OutputError, match="does not exist"):
+        export(keras_path, tmp_path / "nowhere" / "model.onnx")
+    (tmp_path / "broken.keras").write_bytes(b"not a zip file")
+    with pytest.raises(ModelError, match="cannot load Keras model"):
+        export(tmp_path / "broken.keras", tmp_path / "model.onnx")
+
+
+def test_cli_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keras_path = _save_model(tmp_path / "run")
+    code = main(["export", str(keras_path), "-o", str(tmp_path / "model.onnx")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "ONNX Runtime matches Keras" in out and "alignment" in out
+    code = main(["export", str(tmp_path / "nope.keras"), "-o", str(tmp_path / "x.onnx")])
+    assert code == 1
+    assert "nope.keras: no such file" in capsys.readouterr().err
