@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv as csv_module
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,20 +105,17 @@ class EvaluationReport:
             for i, f in enumerate(self.frames)
         ]
         rows.append(("mean", "", "", self.mean_dice, self.mean_iou, self.mean_pixel_difference))
+        partial = path.parent / f".{path.name}.partial-{os.getpid()}"
         try:
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        try:
-            with os.fdopen(fd, "w", newline="") as handle:
+            with partial.open("w", newline="") as handle:
                 writer = csv_module.writer(handle)
                 writer.writerow(CSV_COLUMNS)
                 writer.writerows(rows)
-            os.replace(name, path)
+            os.replace(partial, path)
         except OSError as exc:
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
         finally:
-            Path(name).unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
         return path
 
     def __str__(self) -> str:

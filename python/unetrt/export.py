@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,7 +110,10 @@ def export(
         proto.metadata_props.add(key=CONTRACT_KEY, value=contract.to_json())
         _save(proto, tmp)
         _check(model, tmp, contract, check_frames, atol)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
     return contract
 
 
@@ -246,13 +248,8 @@ def _save(proto: Any, path: Path) -> None:
 
 @contextlib.contextmanager
 def _temporary_output(target: Path) -> Iterator[Path]:
-    """A temporary file beside `target`, removed unless it was renamed onto `target`."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write in {target.parent}: {exc.strerror or exc}") from exc
-    os.close(fd)
-    tmp = Path(name)
+    """A hidden file beside `target` (as `unetrt.io` writes), removed unless renamed onto it."""
+    tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
     try:
         yield tmp
     finally:

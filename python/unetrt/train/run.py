@@ -25,7 +25,6 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -184,13 +183,14 @@ def _load_weights(model: Any, path: Path, *, optimizer: bool) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
+    partial = path.parent / f".{path.name}.partial-{os.getpid()}"
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(name, path)
+        partial.write_text(text)
+        os.replace(partial, path)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 class _PruneCheckpoints(keras.callbacks.Callback):
