@@ -82,7 +82,14 @@ def test_info_and_version(model, capsys):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("2:5", slice(2, 5)), (":10", slice(None, 10)), ("3:", slice(3, None)), ("4", slice(4, 5))],
+    [
+        ("2:5", slice(2, 5)),
+        (":10", slice(None, 10)),
+        ("3:", slice(3, None)),
+        ("4", slice(4, 5)),
+        ("-1", slice(-1, None)),
+        ("-2", slice(-2, -1)),
+    ],
 )
 def test_parse_frames(text, expected):
     assert parse_frames(text) == expected
@@ -175,3 +182,21 @@ def test_interrupt_leaves_nothing(tmp_path):
     assert "Traceback" not in err
     assert "interrupted" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "long.tif"]
+
+
+def test_bad_probabilities_path_leaves_no_partial_mask(model, stack, tmp_path):
+    result = run_cli(
+        "segment", stack, "--model", model, "--probabilities", tmp_path / "no" / "p.tif"
+    )
+    assert_user_error(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["video.tif"]
+
+
+def test_glob_input_writes_beside_the_folder(model, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for t in range(3):
+        tifffile.imwrite(frames / f"t{t:03d}.tif", np.full((24, 24), 10 * t, np.uint8))
+    assert main(["segment", str(frames / "t*.tif"), "--model", str(model), "-q"]) == 0
+    assert tifffile.imread(tmp_path / "frames_mask.tif").shape == (3, 24, 24)
+    assert sorted(p.name for p in frames.iterdir()) == ["t000.tif", "t001.tif", "t002.tif"]

@@ -220,3 +220,47 @@ def test_failed_run_leaves_no_output(unet_path, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         seg.segment(src, tmp_path / "out.tif", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["video.tif"]
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint32, np.float64])
+def test_other_dtypes_normalize_as_in_training(tmp_path, dtype):
+    from unetrt.normalize import normalize_frame
+
+    path = tmp_path / "identity.onnx"
+    save(affine_model(scale=1.0, offset=0.0), path)
+    frame = np.random.default_rng(8).integers(0, 3000, (33, 41)).astype(dtype)
+    spec = Normalization(method="mean")
+    with Segmenter(path, normalization=spec) as seg:
+        got = seg.predict_frame(frame)
+    np.testing.assert_allclose(got, normalize_frame(frame, spec), atol=1e-6)
+
+
+def test_several_sigmoid_channels_mask_is_one_plus_channel(tmp_path):
+    path = tmp_path / "identity2.onnx"
+    save(affine_model(scale=1.0, offset=0.0, channels=2), path)
+    frame = np.zeros((4, 4, 2), np.float32)
+    frame[0, 0] = (0.9, 0.1)
+    frame[0, 1] = (0.2, 0.7)
+    frame[0, 2] = (0.05, 0.1)
+    spec = Normalization(method="none")
+    with Segmenter(path, normalization=spec) as seg:
+        assert seg.contract.output == "sigmoid"
+        mask = seg.segment_frame(frame)
+    assert mask[0, :3].tolist() == [1, 2, 0]
+
+
+def test_fixed_batch_model_pads_partial_batches(tmp_path):
+    model = affine_model(scale=3.0, offset=0.0)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    path = tmp_path / "batch4.onnx"
+    save(model, path)
+    frames = [np.full((20, 20), float(i), np.float32) for i in range(5)]
+    spec = Normalization(method="none")
+    with Segmenter(path, normalization=spec) as seg:
+        assert seg.batch == 4
+        out = list(seg.predict_frames(frames))
+    # values beyond [0, 1] make the probe infer logits, so the engine applies a sigmoid
+    expected = 1 / (1 + np.exp(-3.0 * np.arange(5)))
+    np.testing.assert_allclose([o[0, 0] for o in out], expected, rtol=1e-6)
+    with pytest.raises(ConfigError, match="exactly 4"):
+        Segmenter(path, batch=3)

@@ -24,8 +24,9 @@ Command = Callable[[argparse.Namespace], int]
 def parse_frames(text: str) -> slice:
     """Parse ``START:STOP[:STEP]`` (each part optional) into a slice of frame indices."""
     parts = text.split(":")
-    if len(parts) == 1:
-        parts = [parts[0], str(int(parts[0]) + 1) if parts[0].lstrip("-").isdigit() else ""]
+    if len(parts) == 1:  # one frame; -1 is the last one
+        stop = int(parts[0]) + 1 if parts[0].lstrip("-").isdigit() else None
+        parts = [parts[0], "" if stop in (None, 0) else str(stop)]
     if len(parts) > 3:
         raise ConfigError(f"--frames must be START:STOP[:STEP], got {text!r}")
     try:
@@ -54,6 +55,8 @@ def _normalization_changes(args: argparse.Namespace) -> dict[str, object] | None
             ) from None
         changes.update(low=low, high=high)
     if args.illumination is not None:
+        if args.illumination < 0:
+            raise ConfigError(f"--illumination must be >= 0 pixels, got {args.illumination}")
         changes["illumination_sigma"] = args.illumination if args.illumination > 0 else None
     return changes or None
 

@@ -153,7 +153,7 @@ def evaluate(
         ConfigError: On an unknown pairing.
         OutputError: If the CSV cannot be written.
     """
-    from .segmenter import STACK_SAMPLE_FRAMES, Segmenter
+    from .segmenter import Segmenter
 
     if pair not in PAIRINGS:
         raise ConfigError(f"pair must be one of {PAIRINGS}, got {pair!r}")
@@ -163,9 +163,7 @@ def evaluate(
         pairs = _pairs(frames, truths, pair)
         with Segmenter(model, **segmenter_options) as segmenter:
             if segmenter.contract.normalization.scope == "stack":
-                n = len(frames)
-                picks = np.unique(np.linspace(0, n - 1, min(n, STACK_SAMPLE_FRAMES)).astype(int))
-                segmenter.fit_stack(frames.read(int(i)) for i in picks)
+                segmenter.fit_stack(frames)
 
             def paired_frames() -> Iterator[np.ndarray]:
                 for i, _ in pairs:

@@ -18,7 +18,7 @@ Typical use::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -313,6 +313,45 @@ def affine_for(
     span = stats.high - stats.low
     scale = 1.0 / span if span > 0 else 1.0 / full
     return Affine(scale=scale, offset=-stats.low * scale)
+
+
+#: Frames sampled (evenly spaced) for per-stack statistics, in training and inference.
+STACK_SAMPLE_FRAMES = 16
+
+
+def stack_sample_indices(n_frames: int) -> list[int]:
+    """The evenly spaced frames whose statistics stand for a stack of ``n_frames``."""
+    if n_frames < 1:
+        raise InputError("cannot compute stack statistics from zero frames")
+    picks = np.linspace(0, n_frames - 1, min(n_frames, STACK_SAMPLE_FRAMES)).round()
+    return sorted({int(i) for i in picks})
+
+
+def sample_statistics(
+    read: Callable[[int], np.ndarray], n_frames: int, spec: Normalization
+) -> Statistics:
+    """Per-stack statistics from `stack_sample_indices` frames, read one at a time.
+
+    Training and inference both call this, so a stack-scope model sees the same
+    statistics in both. Frames are illumination-corrected first when ``spec`` says so.
+
+    Args:
+        read: Returns frame ``i`` of the stack.
+        n_frames: Number of frames in the stack.
+        spec: The normalization.
+
+    Returns:
+        The statistics for `affine_for` / `prepare_frame`.
+    """
+
+    def frames() -> Iterator[np.ndarray]:
+        for i in stack_sample_indices(n_frames):
+            values = kernel_frame(read(i))
+            if spec.illumination_sigma is not None:
+                values = correct_illumination(values, spec.illumination_sigma)
+            yield values
+
+    return stack_statistics(frames(), spec)
 
 
 def prepare_frame(

@@ -8,12 +8,11 @@ tiles of small frames still run in batches.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,27 +22,16 @@ import numpy as np
 from . import tiling
 from .contract import ModelContract
 from .errors import ConfigError, InputError, ModelError, OutputError
-from .io import StackWriter, open_frames, prefetch
+from .io import FrameSource, StackWriter, open_frames, prefetch
 from .model import Model, open_model
-from .normalize import (
-    Affine,
-    Normalization,
-    affine_for,
-    correct_illumination,
-    frame_statistics,
-    stack_statistics,
-)
+from .normalize import Affine, Normalization, Statistics, prepare_frame, sample_statistics
 from .postprocess import PostProcess
 
 #: Largest tile (in pixels) that ``tile="auto"`` sends to the engine in one piece.
 #: 2048 x 2048 keeps a 32-filter U-Net's activations within a few GiB of memory.
 DEFAULT_MAX_TILE_PIXELS = 2048 * 2048
 
-#: Frames sampled (evenly spaced) for per-stack normalization statistics.
-STACK_SAMPLE_FRAMES = 16
-
 STITCH_MODES = ("crop", "blend")
-_ALLOWED_DTYPES = (np.uint8, np.uint16, np.float32)
 
 
 @dataclass(frozen=True)
@@ -178,7 +166,7 @@ class Segmenter:
         )
         contract = self.model.contract
         if isinstance(normalization, dict):  # partial override of the model's own
-            changed = dataclasses.replace(contract.normalization, **normalization)
+            changed = Normalization.from_dict({**contract.normalization.to_dict(), **normalization})
             contract = contract.replace(normalization=changed)
         self._contract = contract
         self.batch = batch
@@ -188,7 +176,14 @@ class Segmenter:
         self._tile = parse_tile(tile)
         self._max_tile_pixels = max_tile_pixels
         self._plans: dict[tuple[int, int], tiling.TilePlan] = {}
-        self._stack_affine: Affine | None = None
+        self._stack_stats: Statistics | None = None
+        fixed_batch = self.model.backend.max_batch()
+        if fixed_batch is not None:
+            if batch not in (1, fixed_batch):
+                raise ConfigError(
+                    f"this model runs batches of exactly {fixed_batch} tiles, got batch {batch}"
+                )
+            self.batch = fixed_batch  # partial batches are padded
         if self.postprocess.label and self.classes > 1:
             raise ConfigError(
                 f"instance labels need a one-channel foreground model; this model has "
@@ -244,34 +239,20 @@ class Segmenter:
         return plan
 
     # ------------------------------------------------------------------ normalization
-    def fit_stack(self, frames: Iterable[np.ndarray]) -> None:
-        """Fix per-stack normalization statistics from a sample of frames.
+    def fit_stack(self, frames: FrameSource | Sequence[np.ndarray]) -> None:
+        """Fix per-stack normalization statistics from evenly spaced frames of a stack.
 
-        Only needed for models whose normalization scope is ``"stack"``; `segment`
-        calls it with an evenly spaced sample of the input.
+        Only needed for models whose normalization scope is ``"stack"``; `segment` does
+        it itself. Frames are read one at a time, so an open `unetrt.io.FrameSource`
+        works as well as a list.
+
+        Args:
+            frames: The stack: anything with ``len()`` and indexing (or ``read(i)``).
         """
-        spec = self.contract.normalization
-        raw = [self._check_frame(f) for f in frames]
-        if not raw:
-            raise InputError("cannot compute stack statistics from zero frames")
-        stats = stack_statistics([self._corrected(f) for f in raw], spec)
-        # The dtype range is the raw frames' even when illumination correction made floats.
-        self._stack_affine = affine_for(stats, spec, raw[0].dtype)
-
-    def _corrected(self, frame: np.ndarray) -> np.ndarray:
-        sigma = self.contract.normalization.illumination_sigma
-        return frame if sigma is None else correct_illumination(frame, sigma)
-
-    def _affine(self, frame: np.ndarray, raw_dtype: np.dtype) -> Affine:
-        spec = self.contract.normalization
-        if spec.scope == "stack":
-            if self._stack_affine is None:
-                raise ConfigError(
-                    "this model normalizes per stack: call fit_stack() with sample frames "
-                    "first, or use segment() which does it"
-                )
-            return self._stack_affine
-        return affine_for(frame_statistics(frame, spec), spec, raw_dtype)
+        read = frames.read if isinstance(frames, FrameSource) else frames.__getitem__
+        self._stack_stats = sample_statistics(
+            lambda i: self._check_frame(read(i)), len(frames), self.contract.normalization
+        )
 
     def _check_shape(self, shape: tuple[int, ...]) -> None:
         channels = self.contract.channels
@@ -289,11 +270,7 @@ class Segmenter:
         if frame.ndim == 3 and frame.shape[-1] == 1 and self.contract.channels == 1:
             frame = frame[..., 0]
         self._check_shape(frame.shape)
-        if frame.dtype.kind in "bcOSUV":
-            raise InputError(f"cannot segment frames of dtype {frame.dtype}")
-        if frame.dtype not in _ALLOWED_DTYPES:
-            frame = frame.astype(np.float32)
-        return np.ascontiguousarray(frame)
+        return frame
 
     # ------------------------------------------------------------------ inference
     def predict_frames(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -310,11 +287,18 @@ class Segmenter:
         slots: list[tuple[_FrameJob, int]] = []
         buffer: np.ndarray | None = None
 
+        spec = self.contract.normalization
+        needs_stats = spec.scope == "stack" and spec.method not in ("none", "range")
+        if needs_stats and self._stack_stats is None:
+            raise ConfigError(
+                "this model normalizes per stack: call fit_stack() with the stack "
+                "first, or use segment() which does it"
+            )
         for raw in frames:
-            raw = self._check_frame(raw)
-            frame = self._corrected(raw)
+            # The same two steps as training: illumination correction, then statistics.
+            frame, affine = prepare_frame(self._check_frame(raw), spec, self._stack_stats)
             plan = self.plan_for(frame.shape[0], frame.shape[1])
-            job = self._new_job(frame, plan, self._affine(frame, raw.dtype))
+            job = self._new_job(frame, plan, affine)
             pending.append(job)
             if buffer is None or buffer.shape[1:] != self._tile_shape(plan):
                 if slots:  # a frame of another size: finish what is batched first
@@ -365,8 +349,9 @@ class Segmenter:
         self, buffer: np.ndarray, slots: list[tuple[_FrameJob, int]], layout: str
     ) -> None:
         n = len(slots)
-        outputs = self.model.backend.run(buffer[:n])
-        outputs = self._activate(outputs, layout)
+        # A model with a fixed batch size gets full batches; the padding rows are ignored.
+        rows = n if self.model.backend.max_batch() is None else self.batch
+        outputs = self._activate(self.model.backend.run(buffer[:rows])[:n], layout)
         # Stitch runs of consecutive tiles of the same frame with one call each.
         start = 0
         while start < n:
@@ -377,7 +362,12 @@ class Segmenter:
             tiles = slice(first, first + (stop - start))
             if job.weight_sum is None:
                 tiling.stitch_crop(
-                    outputs[start:stop], job.plan, tiles, job.probabilities, layout=layout
+                    outputs[start:stop],
+                    job.plan,
+                    tiles,
+                    job.probabilities,
+                    layout=layout,
+                    threads=self.threads,
                 )
             else:
                 tiling.stitch_blend(
@@ -388,6 +378,7 @@ class Segmenter:
                     job.probabilities,
                     job.weight_sum,
                     layout=layout,
+                    threads=self.threads,
                 )
             job.remaining -= stop - start
             start = stop
@@ -395,18 +386,19 @@ class Segmenter:
     def _activate(self, outputs: np.ndarray, layout: str) -> np.ndarray:
         if self.contract.output != "logits":
             return outputs
+        from scipy.special import expit, softmax
+
         axis = -1 if layout == "NHWC" else 1
         if outputs.shape[axis] == 1:
-            return 1.0 / (1.0 + np.exp(-outputs))
-        shifted = np.exp(outputs - outputs.max(axis=axis, keepdims=True))
-        return shifted / shifted.sum(axis=axis, keepdims=True)
+            return expit(outputs)
+        return softmax(outputs, axis=axis)
 
     def _taper(self, plan: tiling.TilePlan) -> np.ndarray:
         return tiling.taper_weights(plan.tile_h, plan.tile_w)
 
     def _finish(self, job: _FrameJob) -> np.ndarray:
         if job.weight_sum is not None:
-            tiling.finish_blend(job.probabilities, job.weight_sum)
+            tiling.finish_blend(job.probabilities, job.weight_sum, threads=self.threads)
         probs = job.probabilities
         return probs[..., 0] if probs.shape[-1] == 1 else probs
 
@@ -418,13 +410,18 @@ class Segmenter:
         """Turn probabilities into a mask and apply post-processing.
 
         Returns:
-            uint8 0/255 for one-channel models, the class index for K classes, or
-            uint16 instance labels when post-processing labels objects.
+            uint8 0/255 for one-channel models; the class index for softmax classes;
+            for several sigmoid channels, 1 + the most probable channel where it passes
+            the threshold, else 0; uint16 instance labels when post-processing labels.
         """
+        threads = self.threads
         if probabilities.ndim == 2:
-            mask = tiling.threshold_mask(probabilities, self.contract.threshold)
+            mask = tiling.threshold_mask(probabilities, self.contract.threshold, threads=threads)
         else:
-            mask = tiling.argmax_mask(probabilities)
+            mask = tiling.argmax_mask(probabilities, threads=threads)
+            if self.contract.output == "sigmoid":  # independent channels, no background
+                passed = probabilities.max(axis=-1) > self.contract.threshold
+                mask = np.where(passed, mask + 1, 0).astype(np.uint8)
         return self.postprocess.apply(mask) if self.postprocess.active else mask
 
     def segment_frame(self, frame: np.ndarray) -> np.ndarray:
@@ -468,22 +465,30 @@ class Segmenter:
             prob_path = Path(probabilities) if probabilities is not None else None
             _check_outputs(stack.path, out_path, prob_path)
             if self.contract.normalization.scope == "stack":
-                n = len(stack)
-                picks = np.unique(np.linspace(0, n - 1, min(n, STACK_SAMPLE_FRAMES)).astype(int))
-                self.fit_stack(stack.read(int(i)) for i in picks)
+                self.fit_stack(stack)
             self._check_shape(stack.frame_shape)
             height, width = stack.frame_shape[:2]
             mask_dtype = np.uint16 if self.postprocess.label else np.uint8
-            # Open the outputs before the progress bar so that a bad path fails cleanly.
-            mask_writer = StackWriter(
-                out_path, frame_shape=(height, width), dtype=mask_dtype, n_frames=len(stack)
-            )
-            prob_writer = _optional_writer(prob_path, (height, width, self.classes), len(stack))
-            with (
-                mask_writer,
-                prob_writer as probs_out,
-                _progress(len(stack), progress, stack.name) as bar,
-            ):
+            with ExitStack() as outputs:
+                # Outputs open before the progress bar, so that a bad path fails cleanly;
+                # each is renamed into place only if the whole run succeeds.
+                mask_writer = outputs.enter_context(
+                    StackWriter(
+                        out_path, frame_shape=(height, width), dtype=mask_dtype, n_frames=len(stack)
+                    )
+                )
+                probs_out = None
+                if prob_path is not None:
+                    k = self.classes
+                    probs_out = outputs.enter_context(
+                        StackWriter(
+                            prob_path,
+                            frame_shape=(height, width) if k == 1 else (height, width, k),
+                            dtype=np.float32,
+                            n_frames=len(stack),
+                        )
+                    )
+                bar = outputs.enter_context(_progress(len(stack), progress, stack.name))
                 count = 0
                 for probs in self.predict_frames(prefetch(iter(stack))):
                     if probs_out is not None:
@@ -505,8 +510,11 @@ class Segmenter:
 
 
 def default_output(source: Path) -> Path:
-    """``<input stem>_mask.tif`` beside the input (a folder: beside the folder)."""
+    """``<input stem>_mask.tif`` beside the input; for a folder or a glob pattern,
+    ``<folder>_mask.tif`` beside the folder (never where the input would find it)."""
     source = Path(source)
+    if any(c in source.name for c in "*?["):
+        source = source.parent
     stem = source.name if source.is_dir() else source.name.split(".")[0]
     return source.parent / f"{stem}_mask.tif"
 
@@ -522,15 +530,6 @@ def _check_outputs(source: Path, output: Path, probabilities: Path | None) -> No
 
 def _align_up(value: int, alignment: int) -> int:
     return -(-value // alignment) * alignment
-
-
-def _optional_writer(
-    path: Path | None, shape: tuple[int, int, int], n_frames: int
-) -> AbstractContextManager[StackWriter | None]:
-    if path is None:
-        return nullcontext()
-    frame_shape = shape[:2] if shape[2] == 1 else shape
-    return StackWriter(path, frame_shape=frame_shape, dtype=np.float32, n_frames=n_frames)
 
 
 def _progress(total: int, enabled: bool, name: str) -> Any:

@@ -513,10 +513,6 @@ class PatchSampler:
 
 
 # ------------------------------------------------------------------------- batches
-#: Frames sampled (evenly spaced) per video for per-stack normalization statistics,
-#: as many as the Segmenter samples at inference.
-STACK_SAMPLE_FRAMES = 16
-
 ENCODINGS = ("mask", "sparse", "one_hot", "two_heads")
 
 
@@ -528,24 +524,17 @@ def normalize_video(
     Args:
         video: The video.
         spec: The normalization; for ``scope="stack"`` the statistics come from
-            `STACK_SAMPLE_FRAMES` evenly spaced frames of the video.
+            `unetrt.normalize.STACK_SAMPLE_FRAMES` evenly spaced frames of the video.
         positions: Which frames to normalize.
 
     Returns:
         float32 frames by position.
     """
-    from ..normalize import correct_illumination, normalize_frame, stack_statistics
+    from ..normalize import normalize_frame, sample_statistics
 
     stats = None
     if spec.scope == "stack" and spec.method not in ("none", "range"):
-        n = len(video.frames)
-        picks = np.unique(np.linspace(0, n - 1, min(n, STACK_SAMPLE_FRAMES)).round().astype(int))
-        sigma = spec.illumination_sigma
-        sample = (
-            video.frames[i] if sigma is None else correct_illumination(video.frames[i], sigma)
-            for i in picks
-        )
-        stats = stack_statistics(sample, spec)
+        stats = sample_statistics(video.frames.__getitem__, len(video.frames), spec)
     return {i: normalize_frame(video.frames[i], spec, stats) for i in positions}
 
 
