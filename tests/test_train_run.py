@@ -64,11 +64,11 @@ def test_train_writes_model_config_log_checkpoints_and_montages(
     config: dict[str, Any], tmp_path: Path
 ) -> None:
     path = train(config, verbose=0)
-    run = tmp_path / "run"
+    run = (tmp_path / "run").resolve()
     assert path == run / "model.keras" and path.is_file()
 
     stored = load_config(run / "config.json")
-    assert stored == load_config({**config, "output_dir": str(run.resolve())})
+    assert stored == load_config({**config, "output_dir": str(run)})
 
     log = _log(run)
     assert [row["epoch"] for row in log] == ["0", "1"]

@@ -89,6 +89,8 @@ def export(
         OutputError: If the output cannot be written.
         MissingDependencyError: If TensorFlow, tf2onnx or onnx is not installed.
     """
+    for module in ("tensorflow", "tf2onnx", "onnx"):
+        require(module, "train")
     source, target = Path(model_keras_path), Path(onnx_path)
     if not atol > 0:
         raise ConfigError(f"atol must be positive, got {atol!r}")
@@ -124,7 +126,8 @@ def load_keras_model(path: str | os.PathLike[str]) -> Any:
         ModelError: If the file is not a loadable Keras model.
     """
     keras = require("keras", "train")
-    require("unetrt.train.models", "train")  # registers the custom layers (ConvLSTM2DUnrolled)
+    from .train import models  # noqa: F401  (registers unetrt's custom layers with Keras)
+
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises ValueError, OSError, zipfile errors, ...

@@ -85,8 +85,8 @@ def train(
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
         cfg = dataclasses.replace(cfg, train_max_epochs=epochs)
-    out = Path(output_dir if output_dir is not None else cfg.output_dir)
-    cfg = dataclasses.replace(cfg, output_dir=str(out.resolve()))
+    out = Path(output_dir if output_dir is not None else cfg.output_dir).resolve()
+    cfg = dataclasses.replace(cfg, output_dir=str(out))
     initial_epoch = _checkpoint_epoch(Path(resume)) if resume is not None else 0
     if initial_epoch >= cfg.train_max_epochs:
         raise ConfigError(
