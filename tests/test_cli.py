@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -182,6 +183,30 @@ def test_interrupt_leaves_nothing(tmp_path):
     assert "Traceback" not in err
     assert "interrupted" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "long.tif"]
+
+
+def test_interrupt_during_start_up_is_one_line(monkeypatch, capsys):
+    from unetrt.__main__ import run
+
+    class Interrupted(types.ModuleType):  # Ctrl-C while the command line is imported
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "unetrt.cli", Interrupted("unetrt.cli"))
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "unetrt: interrupted; no output was written\n"
+
+
+def test_import_is_light():
+    # `import unetrt` (and so the start of the command) loads no heavy module
+    code = "import sys, unetrt; print(sorted({'numpy', 'onnxruntime', 'scipy'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
+    code = "import unetrt; print(unetrt.Segmenter.__module__, 'Segmenter' in dir(unetrt))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["unetrt.segmenter", "True"], result.stderr
 
 
 def test_bad_probabilities_path_leaves_no_partial_mask(model, stack, tmp_path):

@@ -102,6 +102,17 @@ def test_segmenter_runs_the_exported_model(tmp_path: Path) -> None:
     np.testing.assert_allclose(probabilities, np.asarray(expected)[0, :, :, 0], atol=1e-4)
 
 
+def test_checkpoint_takes_the_config_of_its_run(tmp_path: Path) -> None:
+    # unetrt train writes run/config.json and run/checkpoints/epochNNNN.keras
+    keras_path = _save_model(tmp_path / "run", {"newinfer_normalization": "range"})
+    checkpoint = tmp_path / "run" / "checkpoints" / "epoch0003.keras"
+    checkpoint.parent.mkdir()
+    keras_path.rename(checkpoint)
+    contract = export(checkpoint, tmp_path / "model.onnx")
+    assert contract.normalization == Normalization(method="range")
+    assert contract.halo == receptive_field(load_config({**BASE_CONFIG}).model_config())
+
+
 def test_contract_measured_without_training_config(tmp_path: Path) -> None:
     keras_path = _save_model(tmp_path / "run", beside=False)
     contract = export(keras_path, tmp_path / "model.onnx")

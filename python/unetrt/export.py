@@ -4,7 +4,8 @@
 model the engine can run: one float32 input named ``"frame"`` with dynamic batch,
 height and width (NHWC, as Keras computes), opset 17, and the `ModelContract` as JSON
 in ``metadata_props["unetrt"]``. The contract comes from the training configuration
-stored next to the model by ``unetrt train`` (``config.json``): alignment ``2**pools``,
+stored next to the model by ``unetrt train`` (``config.json``, found beside the model or,
+for a checkpoint, in the run folder above ``checkpoints/``): alignment ``2**pools``,
 halo = the receptive-field radius of the architecture, normalization, output kind and
 class names. Without that file, a frame model's contract is measured from the
 exported graph (`unetrt.model.infer_contract`: alignment and halo by probing).
@@ -143,8 +144,11 @@ def _training_config(
     if isinstance(config, TrainConfig):
         return config
     if config is None:
-        beside = model_path.parent / CONFIG_NAME
-        return load_config(beside) if beside.is_file() else None
+        # a checkpoint (``run/checkpoints/epochNNNN.keras``) belongs to the run above it
+        for folder in (model_path.parent, model_path.parent.parent):
+            if (folder / CONFIG_NAME).is_file():
+                return load_config(folder / CONFIG_NAME)
+        return None
     return load_config(Path(config))
 
 

@@ -39,15 +39,17 @@ def _check_labels(pred: np.ndarray, true: np.ndarray, classes: int) -> None:
             )
 
 
-def _class_masks(
+def _overlaps(
     pred: np.ndarray, true: np.ndarray, classes: int | None
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(predicted, true) boolean masks of each scored class."""
+) -> list[tuple[int, int, int]]:
+    """``(|P & T|, |P|, |T|)`` of each scored class."""
     pred, true = _check(pred, true)
     if classes is None:
-        return [(pred > 0, true > 0)]
-    _check_labels(pred, true, classes)
-    return [(pred == c, true == c) for c in range(1, classes)]
+        pairs = [(pred > 0, true > 0)]
+    else:
+        _check_labels(pred, true, classes)
+        pairs = [(pred == c, true == c) for c in range(1, classes)]
+    return [(int(np.logical_and(p, t).sum()), int(p.sum()), int(t.sum())) for p, t in pairs]
 
 
 def dice(pred: np.ndarray, true: np.ndarray, classes: int | None = None) -> float:
@@ -65,32 +67,13 @@ def dice(pred: np.ndarray, true: np.ndarray, classes: int | None = None) -> floa
     Raises:
         InputError: On different shapes or labels outside ``0 .. classes-1``.
     """
-    scores = []
-    for p, t in _class_masks(pred, true, classes):
-        total = int(p.sum()) + int(t.sum())
-        scores.append(2.0 * np.logical_and(p, t).sum() / total if total else 1.0)
+    scores = [2 * i / (p + t) if p + t else 1.0 for i, p, t in _overlaps(pred, true, classes)]
     return float(np.mean(scores))
 
 
 def iou(pred: np.ndarray, true: np.ndarray, classes: int | None = None) -> float:
-    """Intersection over union (Jaccard index) ``|P & T| / |P | T|``, averaged over classes.
-
-    Args:
-        pred: Predicted mask or label map.
-        true: Ground-truth mask or label map, same shape.
-        classes: ``None`` for binary (foreground ``> 0``), else the number of classes,
-            background included.
-
-    Returns:
-        The score in [0, 1].
-
-    Raises:
-        InputError: On different shapes or labels outside ``0 .. classes-1``.
-    """
-    scores = []
-    for p, t in _class_masks(pred, true, classes):
-        union = int(np.logical_or(p, t).sum())
-        scores.append(np.logical_and(p, t).sum() / union if union else 1.0)
+    """Intersection over union (Jaccard index) ``|P & T| / |P | T|``; arguments as `dice`."""
+    scores = [i / (p + t - i) if p + t else 1.0 for i, p, t in _overlaps(pred, true, classes)]
     return float(np.mean(scores))
 
 
