@@ -19,7 +19,7 @@ pytest.importorskip("tensorflow")
 from PIL import Image  # noqa: E402
 
 from unetrt.cli import main  # noqa: E402
-from unetrt.errors import ConfigError, ModelError  # noqa: E402
+from unetrt.errors import ConfigError, ModelError, OutputError  # noqa: E402
 from unetrt.train.config import load_config  # noqa: E402
 from unetrt.train.run import train  # noqa: E402
 
@@ -98,6 +98,29 @@ def test_resume_continues_from_the_checkpoint_epoch(config: dict[str, Any], tmp_
     ]
     with pytest.raises(ConfigError, match="already has 2 epochs"):
         train(config, resume=run / "checkpoints" / "epoch0002.keras", epochs=2, verbose=0)
+
+
+def test_failed_model_save_leaves_no_model(
+    config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import keras
+
+    real_save = keras.Model.save
+
+    def fill_the_disk_at_the_end(self: Any, path: Any, *args: Any, **kwargs: Any) -> None:
+        if "checkpoints" in Path(path).parts:  # checkpoints still fit
+            return real_save(self, path, *args, **kwargs)
+        Path(path).write_bytes(b"half a model")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save", fill_the_disk_at_the_end)
+    config["output_dir"] = str(tmp_path / "full")
+    with pytest.raises(OutputError, match="No space left on device"):
+        train(config, verbose=0)
+    assert not (tmp_path / "full" / "model.keras").exists()
+    assert not [p.name for p in (tmp_path / "full").iterdir() if p.name.startswith(".")]
 
 
 def test_resume_needs_a_named_checkpoint(config: dict[str, Any], tmp_path: Path) -> None:

@@ -147,10 +147,16 @@ def train(
         verbose=verbose,
     )
     path = out / MODEL_NAME
+    # Keras needs the .keras suffix; the hidden partial name keeps a crash from
+    # leaving a model.keras that looks complete
+    partial = path.parent / f".{path.stem}.partial-{os.getpid()}{path.suffix}"
     try:
-        model.save(path)
+        model.save(partial)
+        os.replace(partial, path)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
