@@ -123,6 +123,17 @@ def test_failed_model_save_leaves_no_model(
     assert not [p.name for p in (tmp_path / "full").iterdir() if p.name.startswith(".")]
 
 
+def test_pruning_keeps_the_newest_and_the_best_checkpoint(tmp_path: Path) -> None:
+    from unetrt.train.run import _PruneCheckpoints
+
+    prune = _PruneCheckpoints(tmp_path, keep=2, monitor="val_loss")
+    for epoch, val_loss in enumerate([0.5, 0.2, 0.4, 0.3, 0.6]):
+        (tmp_path / f"epoch{epoch + 1:04d}.keras").write_bytes(b"")
+        prune.on_epoch_end(epoch, {"val_loss": val_loss})
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["epoch0002.keras", "epoch0004.keras", "epoch0005.keras"]
+
+
 def test_resume_needs_a_named_checkpoint(config: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no such file"):
         train(config, resume=tmp_path / "epoch0001.keras", verbose=0)

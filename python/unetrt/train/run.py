@@ -6,7 +6,7 @@ the model with Keras, and leaves in the output folder::
     model.keras        the trained model (the best epoch's weights, see below)
     config.json        the training configuration (what `unetrt export` reads)
     log.csv            loss and metrics per epoch (appended to when resuming)
-    checkpoints/       epochNNNN.keras every ``callbacks_save_freq`` (the last 3 kept)
+    checkpoints/       epochNNNN.keras every ``callbacks_save_freq`` (the last 3 and the best kept)
     montages/          epochNNNN.png: image | truth | prediction on a few validation frames
     tensorboard/       TensorBoard logs, when the ``tensorboard`` package is installed
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -123,7 +124,7 @@ def train(
         keras.callbacks.ModelCheckpoint(
             str(out / "checkpoints" / checkpoint_name), save_freq=cfg.callbacks_save_freq
         ),
-        _PruneCheckpoints(out / "checkpoints", KEEP_CHECKPOINTS),
+        _PruneCheckpoints(out / "checkpoints", KEEP_CHECKPOINTS, monitor),
         keras.callbacks.EarlyStopping(
             monitor=monitor, patience=cfg.callbacks_patience, restore_best_weights=True
         ),
@@ -200,17 +201,29 @@ def _write_text(path: Path, text: str) -> None:
 
 
 class _PruneCheckpoints(keras.callbacks.Callback):
-    """Deletes all but the newest `keep` checkpoints after each epoch."""
+    """Deletes all but the newest `keep` checkpoints and the best one after each epoch.
 
-    def __init__(self, folder: Path, keep: int) -> None:
+    The best checkpoint is the newest one at the end of the epoch with the lowest
+    `monitor` value, so a run stopped by hand still has the weights early stopping
+    would have restored.
+    """
+
+    def __init__(self, folder: Path, keep: int, monitor: str) -> None:
         super().__init__()
         self.folder = folder
         self.keep = keep
+        self.monitor = monitor
+        self.best_value = math.inf
+        self.best_file: Path | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         files = sorted(p for p in self.folder.glob("epoch*.keras") if _CHECKPOINT.search(p.name))
+        value = (logs or {}).get(self.monitor)
+        if files and value is not None and value < self.best_value:
+            self.best_value, self.best_file = value, files[-1]
         for old in files[: -self.keep]:
-            old.unlink(missing_ok=True)
+            if old != self.best_file:
+                old.unlink(missing_ok=True)
 
 
 class _Montage(keras.callbacks.Callback):
