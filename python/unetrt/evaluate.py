@@ -30,7 +30,7 @@ import numpy as np
 
 from . import metrics
 from .errors import ConfigError, InputError, OutputError
-from .io import FrameSource, open_frames
+from .io import FrameSource, atomic_output, open_frames
 
 PAIRINGS = ("auto", "number", "order")
 CSV_COLUMNS = ("frame", "image", "mask", "dice", "iou", "pixel_difference_percent")
@@ -105,17 +105,10 @@ class EvaluationReport:
             for i, f in enumerate(self.frames)
         ]
         rows.append(("mean", "", "", self.mean_dice, self.mean_iou, self.mean_pixel_difference))
-        partial = path.parent / f".{path.name}.partial-{os.getpid()}"
-        try:
-            with partial.open("w", newline="") as handle:
-                writer = csv_module.writer(handle)
-                writer.writerow(CSV_COLUMNS)
-                writer.writerows(rows)
-            os.replace(partial, path)
-        except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        finally:
-            partial.unlink(missing_ok=True)
+        with atomic_output(path) as partial, partial.open("w", newline="") as handle:
+            writer = csv_module.writer(handle)
+            writer.writerow(CSV_COLUMNS)
+            writer.writerows(rows)
         return path
 
     def __str__(self) -> str:

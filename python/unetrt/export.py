@@ -25,10 +25,9 @@ U-Net exactly, but Keras's route fixes opset 15 and names the output ``Identity:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +35,7 @@ import numpy as np
 
 from .contract import CONTRACT_KEY, ModelContract
 from .errors import ConfigError, ModelError, OutputError, require
+from .io import atomic_output
 
 if TYPE_CHECKING:
     from .train.config import TrainConfig
@@ -106,17 +106,13 @@ def export(
     contract = _contract_from_config(model, train_config) if train_config else None
     proto = _convert(model, source)
 
-    with _temporary_output(target) as tmp:
+    with atomic_output(target) as tmp:
         if contract is None:
             _save(proto, tmp)
             contract = _measured_contract(model, tmp)
         proto.metadata_props.add(key=CONTRACT_KEY, value=contract.to_json())
         _save(proto, tmp)
         _check(model, tmp, contract, check_frames, atol)
-        try:
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
     return contract
 
 
@@ -247,20 +243,7 @@ def _output_names(model: Any) -> list[str]:
 
 def _save(proto: Any, path: Path) -> None:
     onnx = require("onnx", "train")
-    try:
-        onnx.save(proto, os.fspath(path))
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-@contextlib.contextmanager
-def _temporary_output(target: Path) -> Iterator[Path]:
-    """A hidden file beside `target` (as `unetrt.io` writes), removed unless renamed onto it."""
-    tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
+    onnx.save(proto, os.fspath(path))
 
 
 # --------------------------------------------------------------------- numeric check

@@ -565,7 +565,7 @@ class StackWriter:
     """Write frames one at a time to a multi-page TIFF, atomically.
 
     Frames go to a hidden temporary file in the output folder
-    (``.<name>.partial-<pid>.tif``), which replaces `path` only when the writer is
+    (`partial_path`), which replaces `path` only when the writer is
     closed successfully; on any exception (Ctrl-C included) the temporary file is
     deleted and an existing file at `path` is left untouched.
 
@@ -656,7 +656,7 @@ class StackWriter:
             raise OutputError(f"cannot write to {self.path}: {folder} {problem}")
         if self.path.is_dir():
             raise OutputError(f"cannot write to {self.path}: it is a folder")
-        self._partial = folder / f".{self.path.name}.partial-{os.getpid()}.tif"
+        self._partial = partial_path(self.path)
         try:
             self._writer: tifffile.TiffWriter | None = tifffile.TiffWriter(
                 self._partial, bigtiff=bigtiff
@@ -763,6 +763,33 @@ class StackWriter:
         if self.imagej:
             return str(tifffile.imagej_description(shape, axes=axes, **self._metadata))
         return json.dumps({"shape": list(shape), "axes": axes, **self._metadata})
+
+
+def partial_path(path: Path) -> Path:
+    """The hidden name an output is written under until it is complete.
+
+    ``.<stem>.partial-<pid><suffix>`` beside `path`: hidden, unique per process, and
+    with the suffix kept for writers that check it (Keras wants ``.keras``).
+    """
+    return path.parent / f".{path.stem}.partial-{os.getpid()}{path.suffix}"
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield `partial_path(path)` to write; rename it onto `path` when the block ends.
+
+    If the block raises (Ctrl-C included), the partial file is deleted and an existing
+    file at `path` is left untouched. An `OSError` (full disk, no permission) becomes
+    an `OutputError` naming `path`.
+    """
+    partial = partial_path(path)
+    try:
+        yield partial
+        os.replace(partial, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _output_error(path: Path, exc: OSError) -> OutputError:

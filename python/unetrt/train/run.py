@@ -35,6 +35,7 @@ from PIL import Image
 
 from ..errors import ConfigError, ModelError, OutputError
 from ..export import CONFIG_NAME
+from ..io import atomic_output
 from .config import TrainConfig, load_config
 from .data import build_datasets
 from .metrics import dice_coefficient, jaccard
@@ -148,16 +149,8 @@ def train(
         verbose=verbose,
     )
     path = out / MODEL_NAME
-    # Keras needs the .keras suffix; the hidden partial name keeps a crash from
-    # leaving a model.keras that looks complete
-    partial = path.parent / f".{path.stem}.partial-{os.getpid()}{path.suffix}"
-    try:
+    with atomic_output(path) as partial:
         model.save(partial)
-        os.replace(partial, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 
@@ -190,14 +183,8 @@ def _load_weights(model: Any, path: Path, *, optimizer: bool) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    partial = path.parent / f".{path.name}.partial-{os.getpid()}"
-    try:
+    with atomic_output(path) as partial:
         partial.write_text(text)
-        os.replace(partial, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 class _PruneCheckpoints(keras.callbacks.Callback):
