@@ -139,27 +139,12 @@ def affine_model(
         The ONNX model; its output equals ``np.float32(scale) * x + np.float32(offset)``.
     """
     g = _Graph(np.random.default_rng(0))
-    _check_layout(layout)
-    shape = ["N", "H", "W", channels] if layout == "NHWC" else ["N", channels, "H", "W"]
-    scaled = g.node("Mul", [INPUT_NAME, g.const("scale", np.array(scale, np.float32))])
-    y = g.node("Add", [scaled, g.const("offset", np.array(offset, np.float32))])
-    onnx = _onnx()
-    g.nodes.append(onnx.helper.make_node("Identity", [y], [OUTPUT_NAME], name="output"))
-    graph = onnx.helper.make_graph(
-        g.nodes,
-        "affine",
-        [onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, shape)],
-        [onnx.helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, shape)],
-        initializer=g.initializers,
-    )
-    model = onnx.helper.make_model(
-        graph,
-        opset_imports=[onnx.helper.make_opsetid("", OPSET)],
-        ir_version=IR_VERSION,
-        producer_name="unetrt.testing",
-    )
-    onnx.checker.check_model(model, full_check=True)
-    return model
+
+    def body(x: str) -> str:
+        scaled = g.node("Mul", [x, g.const("scale", np.array(scale, np.float32))])
+        return g.node("Add", [scaled, g.const("offset", np.array(offset, np.float32))])
+
+    return _finish(g, body, channels, channels, layout, "affine")
 
 
 def conv_stack_model(
