@@ -18,8 +18,10 @@ from unetrt.backends import (
     detect_layout,
     parse_device,
 )
+from unetrt.backends.base import ShapeRange
 from unetrt.backends.onnxruntime import OnnxRuntimeBackend
 from unetrt.errors import ConfigError, ModelError
+from unetrt.model import run_prediction
 
 
 def _graph_model(nodes, inputs, outputs, initializers=()) -> bytes:
@@ -100,21 +102,26 @@ def test_affine_output_is_exact(layout: str, channels: int) -> None:
     model = testing.affine_model(1.7, -0.3, channels=channels, layout=layout)
     be = OnnxRuntimeBackend(model.SerializeToString(), BackendOptions(threads=1))
     assert isinstance(be, Backend)
-    assert (be.name, be.device, be.layout, be.input_name) == ("onnxruntime", "cpu", layout, "image")
+    assert (be.name, be.device, be.layout) == ("onnxruntime", "cpu", layout)
+    assert [t.name for t in be.inputs] == ["image"]
+    assert [t.name for t in be.outputs] == ["mask"]
     expected_shape = (
         (None, None, None, channels) if layout == "NHWC" else (None, channels, None, None)
     )
-    assert be.input_shape == expected_shape
-    assert be.output_shape == expected_shape
-    assert be.output_channels == channels
-    assert be.fixed_tile() is None
-    assert be.max_batch() is None
+    assert be.inputs[0].shape == expected_shape
+    assert be.outputs[0].shape == expected_shape
+    assert be.outputs[0].channels == channels
+    assert (be.inputs[0].dtype, be.inputs[0].layout) == (np.dtype(np.float32), layout)
+    assert be.accepted().fixed_tile is None
+    assert be.accepted().fixed_batch is None
+    assert be.accepted() == ShapeRange()  # any batch, any size
     rng = np.random.default_rng(1)
     shape = (3, 24, 40, channels) if layout == "NHWC" else (3, channels, 24, 40)
     x = rng.normal(size=shape).astype(np.float32)
-    y = be.run(x)
-    assert y.dtype == np.float32
-    np.testing.assert_array_equal(y, np.float32(1.7) * x + np.float32(-0.3))
+    y = be.run({"image": x})
+    assert list(y) == ["mask"]
+    assert y["mask"].dtype == np.float32
+    np.testing.assert_array_equal(y["mask"], np.float32(1.7) * x + np.float32(-0.3))
 
 
 def test_layout_override(tmp_path: Path) -> None:
@@ -122,7 +129,7 @@ def test_layout_override(tmp_path: Path) -> None:
     testing.save(testing.affine_model(2.0, 0.0, channels=4, layout="NHWC"), path)
     be = create_backend(path, layout="NCHW")
     assert be.layout == "NCHW"
-    assert be.output_channels is None  # dim 1 of [N, H, W, 4] is dynamic
+    assert be.outputs[0].channels is None  # dim 1 of [N, H, W, 4] is dynamic
     with pytest.raises(ConfigError, match="'CHW'"):
         create_backend(path, layout="CHW")
 
@@ -130,16 +137,18 @@ def test_layout_override(tmp_path: Path) -> None:
 def test_fixed_size_model() -> None:
     be = OnnxRuntimeBackend(_identity([2, 32, 48, 1]))
     assert be.layout == "NHWC"
-    assert be.fixed_tile() == (32, 48)
-    assert be.max_batch() == 2
+    assert be.accepted().fixed_tile == (32, 48)
+    assert be.accepted().fixed_batch == 2
+    assert be.accepted("x") == ShapeRange(2, 2, 2, (32, 48), (32, 48), (32, 48))
     x = np.ones((2, 32, 48, 1), np.float32)
-    np.testing.assert_array_equal(be.run(x), x)
+    np.testing.assert_array_equal(be.run({"x": x})["y"], x)
 
 
 def test_float16_model_takes_and_returns_float32() -> None:
     be = OnnxRuntimeBackend(_identity(["N", "H", "W", 1], elem=TensorProto.FLOAT16))
+    assert be.inputs[0].dtype == np.float16
     x = np.full((1, 8, 8, 1), 0.5, np.float32)
-    y = be.run(x)
+    y = be.run({"x": x})["y"]
     assert y.dtype == np.float32
     np.testing.assert_array_equal(y, x)
 
@@ -153,9 +162,9 @@ def test_metadata() -> None:
 
 def test_close_and_context_manager() -> None:
     with OnnxRuntimeBackend(testing.affine_model(1.0, 0.0).SerializeToString()) as be:
-        be.run(np.zeros((1, 4, 4, 1), np.float32))
+        be.run({"image": np.zeros((1, 4, 4, 1), np.float32)})
     with pytest.raises(RuntimeError, match="closed"):
-        be.run(np.zeros((1, 4, 4, 1), np.float32))
+        be.run({"image": np.zeros((1, 4, 4, 1), np.float32)})
 
 
 # --- errors ----------------------------------------------------------------------------
@@ -180,17 +189,67 @@ def test_three_dimensional_input() -> None:
         OnnxRuntimeBackend(_identity(["N", "H", "W"]))
 
 
-def test_several_inputs() -> None:
-    model = _graph_model(
-        [helper.make_node("Add", ["a", "b"], ["y"])],
+def _two_in_two_out() -> bytes:
+    """y = a + b, z = 2a - b: two image-sized inputs, two outputs, values known exactly."""
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    image = ["N", "H", "W", 1]
+    return _graph_model(
         [
-            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", "H", "W", 1]),
-            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", "H", "W", 1]),
+            helper.make_node("Add", ["a", "b"], ["y"]),
+            helper.make_node("Mul", ["a", "two"], ["a2"]),
+            helper.make_node("Sub", ["a2", "b"], ["z"]),
         ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "H", "W", 1])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, image),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, image),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, image),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, image),
+        ],
+        [two],
     )
+
+
+def test_several_inputs_and_outputs_by_name() -> None:
+    be = OnnxRuntimeBackend(_two_in_two_out(), BackendOptions(threads=1))
+    assert [(t.name, t.shape, t.layout) for t in be.inputs] == [
+        ("a", (None, None, None, 1), "NHWC"),
+        ("b", (None, None, None, 1), "NHWC"),
+    ]
+    assert [t.name for t in be.outputs] == ["y", "z"]
+    rng = np.random.default_rng(2)
+    a = rng.integers(-50, 50, (2, 6, 10, 1)).astype(np.float32)
+    b = rng.integers(-50, 50, (2, 6, 10, 1)).astype(np.float32)
+    out = be.run({"a": a, "b": b})
+    assert sorted(out) == ["y", "z"]
+    np.testing.assert_array_equal(out["y"], a + b)  # small integers: exact in float32
+    np.testing.assert_array_equal(out["z"], 2 * a - b)
+    with pytest.raises(ModelError, match=r"takes inputs \['a', 'b'\], got \['a'\]"):
+        be.run({"a": a})
+
+
+def test_outputs_go_into_the_callers_buffers() -> None:
+    be = OnnxRuntimeBackend(_two_in_two_out(), BackendOptions(threads=1))
+    a = np.full((1, 4, 5, 1), 3.0, np.float32)
+    b = np.full((1, 4, 5, 1), 1.0, np.float32)
+    z = np.zeros((1, 4, 5, 1), np.float32)
+    for _ in range(2):  # the same buffer, reused
+        out = be.run({"a": a, "b": b}, out={"z": z})
+        assert out["z"] is z
+        np.testing.assert_array_equal(z, 2 * a - b)
+        np.testing.assert_array_equal(out["y"], a + b)  # allocated by the backend
+        a += 1.0
+    np.testing.assert_array_equal(z, 7.0)  # 2 * 4 - 1: the second run wrote the buffer
+
+
+def test_engine_refuses_a_frame_model_with_two_inputs(tmp_path: Path) -> None:
+    from unetrt.model import open_model
+
+    path = tmp_path / "two.onnx"
+    path.write_bytes(_two_in_two_out())
     with pytest.raises(ModelError, match=r"has 2 inputs \('a', 'b'\)"):
-        OnnxRuntimeBackend(model)
+        open_model(path)
 
 
 def test_integer_input() -> None:
@@ -203,15 +262,15 @@ def test_run_errors_give_shapes() -> None:
     with pytest.raises(
         ModelError, match=r"batch of shape \(1, 8, 8, 2\) \(model input \[\?, \?, \?, 1\]"
     ):
-        be.run(np.zeros((1, 8, 8, 2), np.float32))
+        be.run({"image": np.zeros((1, 8, 8, 2), np.float32)})
     with pytest.raises(ModelError, match=r"4-D batch, got shape \(8, 8\)"):
-        be.run(np.zeros((8, 8), np.float32))
+        be.run({"image": np.zeros((8, 8), np.float32)})
 
 
 def test_unet_rejects_unaligned_size() -> None:
     be = OnnxRuntimeBackend(testing.unet_model(filters=2, pools=2).SerializeToString())
     with pytest.raises(ModelError, match=r"\(1, 18, 16, 1\)"):
-        be.run(np.zeros((1, 18, 16, 1), np.float32))
+        be.run({"image": np.zeros((1, 18, 16, 1), np.float32)})
 
 
 def test_output_of_another_size() -> None:
@@ -221,8 +280,10 @@ def test_output_of_another_size() -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, "h", "w"])],
     )
     be = OnnxRuntimeBackend(model)
-    with pytest.raises(ModelError, match=r"returned shape \(1, 1, 4, 4\) for input \(1, 1, 8, 8\)"):
-        be.run(np.zeros((1, 1, 8, 8), np.float32))
+    with pytest.raises(
+        ModelError, match=r"returned shape \(1, 1, 4, 4\) .*for input \(1, 1, 8, 8\)"
+    ):
+        run_prediction(be, be.inputs[0], be.outputs[0], np.zeros((1, 1, 8, 8), np.float32))
 
 
 @pytest.mark.skipif(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,13 +11,23 @@ import time
 import types
 
 import numpy as np
+import onnx
 import pytest
 import tifffile
+from scipy import ndimage
 
+from unetrt import __version__
 from unetrt.cli import main, parse_frames
-from unetrt.contract import ModelContract
+from unetrt.contract import CONTRACT_KEY, ModelContract
 from unetrt.errors import ConfigError
-from unetrt.testing import save, unet_model, unet_receptive_radius
+from unetrt.normalize import Normalization
+from unetrt.testing import affine_model, save, unet_model, unet_receptive_radius
+
+# The affine "network" y = 16 x: on range-normalized frames of values in [0, 4000) its
+# output is a probability in [0, 0.98), so every mask below is known exactly.
+SCALE = 16.0
+UINT16_RANGE = 65535.0
+UINT8_RANGE = 255.0
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +36,42 @@ def model(tmp_path_factory):
     contract = ModelContract(alignment=4, halo=unet_receptive_radius(pools=2, kernel=3))
     save(unet_model(filters=4, pools=2, contract=contract), path)
     return path
+
+
+def save_affine(path, contract):
+    proto = affine_model(SCALE, 0.0)
+    onnx.helper.set_model_props(proto, {CONTRACT_KEY: contract.to_json()})
+    save(proto, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def affine(tmp_path_factory):
+    """``y = 16 x`` on range-normalized frames, threshold 0.5, tiles with a 4-pixel halo."""
+    contract = ModelContract(
+        alignment=4, halo=4, normalization=Normalization(method="range"), threshold=0.5
+    )
+    return save_affine(tmp_path_factory.mktemp("affine") / "affine.onnx", contract)
+
+
+def expected_probabilities(frames, full_range=UINT16_RANGE):
+    """What the engine computes for the affine model: range normalization, then 16 x."""
+    normalized = frames.astype(np.float32) * np.float32(1 / full_range)
+    return normalized * np.float32(SCALE)
+
+
+def expected_masks(probabilities, threshold=0.5):
+    # No probability lies within rounding of the threshold, so the masks are exact.
+    assert np.abs(probabilities - np.float32(threshold)).min() > 1e-6
+    masks = np.where(probabilities > threshold, 255, 0).astype(np.uint8)
+    for mask in masks.reshape(-1, *masks.shape[-2:]):  # foreground and background in each
+        assert 0 < np.count_nonzero(mask) < mask.size
+    return masks
+
+
+def read_stack(path, frame_shape=(40, 52)):
+    """A written TIFF as (T, H, W), also when it holds a single frame."""
+    return tifffile.imread(path).reshape(-1, *frame_shape)
 
 
 @pytest.fixture()
@@ -55,30 +102,97 @@ def assert_user_error(result, *needles):
         assert needle in lines[0], lines[0]
 
 
-def test_segment_writes_masks_and_prints_summary(model, stack, capsys):
+def test_segment_writes_masks_and_prints_summary(affine, stack, capsys):
     out = stack.parent / "masks.tif"
-    assert main(["segment", str(stack), "-o", str(out), "--model", str(model), "--tile", "56"]) == 0
+    assert (
+        main(["segment", str(stack), "-o", str(out), "--model", str(affine), "--tile", "16"]) == 0
+    )
     masks = tifffile.imread(out)
     assert masks.shape == (4, 40, 52) and masks.dtype == np.uint8
     assert set(np.unique(masks)) <= {0, 255}
+    np.testing.assert_array_equal(
+        masks, expected_masks(expected_probabilities(tifffile.imread(stack)))
+    )
     summary = capsys.readouterr().out
     assert "segmented 4 frames" in summary and "frames/s" in summary
 
 
-def test_segment_default_output_and_frames(model, stack, capsys):
-    assert main(["segment", str(stack), "--model", str(model), "--frames", "1:3", "-q"]) == 0
-    assert tifffile.imread(stack.parent / "video_mask.tif").shape == (2, 40, 52)
+@pytest.mark.parametrize(
+    ("frames", "indices"), [("1:3", [1, 2]), ("::2", [0, 2]), ("-1", [3]), ("2", [2])]
+)
+def test_segment_default_output_and_frames(affine, stack, capsys, frames, indices):
+    assert main(["segment", str(stack), "--model", str(affine), "--frames", frames, "-q"]) == 0
+    masks = read_stack(stack.parent / "video_mask.tif")
+    assert masks.shape == (len(indices), 40, 52)
+    expected = expected_masks(expected_probabilities(tifffile.imread(stack)))
+    # Every frame has its own mask, so taking the wrong frames cannot pass.
+    assert all(not np.array_equal(expected[i], expected[j]) for i in range(4) for j in range(i))
+    np.testing.assert_array_equal(masks, expected[indices])
     assert capsys.readouterr().out == ""
+
+
+def test_segment_writes_probabilities(affine, stack, tmp_path):
+    masks_path, probs_path = tmp_path / "m.tif", tmp_path / "p.tif"
+    args = ["segment", str(stack), "-o", str(masks_path), "--model", str(affine)]
+    assert main([*args, "--tile", "24", "--probabilities", str(probs_path), "-q"]) == 0
+    expected = expected_probabilities(tifffile.imread(stack))
+    probabilities = tifffile.imread(probs_path)
+    assert probabilities.shape == (4, 40, 52) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(tifffile.imread(masks_path), expected_masks(expected))
+
+
+def test_segment_threshold_and_normalization_flags_override_the_model(stack, tmp_path):
+    # The model asks for mean normalization and threshold 0.9; the flags win.
+    model = save_affine(
+        tmp_path / "mean.onnx",
+        ModelContract(normalization=Normalization(method="mean"), threshold=0.9),
+    )
+    out = tmp_path / "m.tif"
+    args = ["segment", str(stack), "-o", str(out), "--model", str(model), "-q"]
+    assert main([*args, "--normalize", "range", "--threshold", "0.25"]) == 0
+    expected = expected_masks(expected_probabilities(tifffile.imread(stack)), threshold=0.25)
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+
+
+def test_segment_label_numbers_the_objects(affine, tmp_path):
+    # Dim background below the threshold and bright rectangles above it, other ones in
+    # each frame; two of them touch only at a corner and are one (8-connected) object.
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 1800, (3, 40, 52), dtype=np.uint16)
+    for t in range(3):
+        for y, x, h, w in [(2, 3, 5, 6), (7, 9, 4, 4), (20, 30 - 4 * t, 8, 5 + t), (30, 2, 6, 40)]:
+            frames[t, y + t : y + t + h, x : x + w] = rng.integers(2300, 4000, (h, w))
+        frames[t, 12 + 2 * t, 44] = 3000  # a one-pixel object
+    src = tmp_path / "blobs.tif"
+    tifffile.imwrite(src, frames, photometric="minisblack")
+    out = tmp_path / "labels.tif"
+    assert main(["segment", str(src), "-o", str(out), "--model", str(affine), "--label", "-q"]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (3, 40, 52) and labels.dtype == np.uint16
+    for got, mask in zip(labels, expected_masks(expected_probabilities(frames)), strict=True):
+        expected, count = ndimage.label(mask > 0, structure=np.ones((3, 3), bool))
+        assert count == 4
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_info_and_version(model, capsys):
     assert main(["info", str(model)]) == 0
     out = capsys.readouterr().out
     assert "alignment" in out and "halo" in out and "model metadata" in out
+    halo = unet_receptive_radius(pools=2, kernel=3)
+    values = {words[0]: words[1] for words in map(str.split, out.splitlines()) if len(words) > 1}
+    assert values["alignment"] == "4" and values["halo"] == str(halo)  # the model's contract
+    assert main(["info", str(model), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["contract"] == ModelContract(alignment=4, halo=halo).to_dict()
+    assert report["model"] == str(model)
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0
-    assert "unetrt" in capsys.readouterr().out
+    version = capsys.readouterr().out
+    assert "unetrt" in version
+    assert version.startswith(f"unetrt {__version__} (cuda: ")
 
 
 @pytest.mark.parametrize(
@@ -217,11 +331,18 @@ def test_bad_probabilities_path_leaves_no_partial_mask(model, stack, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["video.tif"]
 
 
-def test_glob_input_writes_beside_the_folder(model, tmp_path):
+def test_glob_input_writes_beside_the_folder(affine, tmp_path):
     frames = tmp_path / "frames"
     frames.mkdir()
+    y, x = np.mgrid[0:24, 0:24]
+    # uint8 ramps in [0, 16): 16 * v / 255 > 0.5 exactly where v >= 8; shifted per frame.
+    data = np.stack([(x + 2 * y + 3 * t) % 16 for t in range(3)]).astype(np.uint8)
     for t in range(3):
-        tifffile.imwrite(frames / f"t{t:03d}.tif", np.full((24, 24), 10 * t, np.uint8))
-    assert main(["segment", str(frames / "t*.tif"), "--model", str(model), "-q"]) == 0
-    assert tifffile.imread(tmp_path / "frames_mask.tif").shape == (3, 24, 24)
+        tifffile.imwrite(frames / f"t{t:03d}.tif", data[t])
+    assert main(["segment", str(frames / "t*.tif"), "--model", str(affine), "-q"]) == 0
+    masks = tifffile.imread(tmp_path / "frames_mask.tif")
+    assert masks.shape == (3, 24, 24)
+    expected = expected_masks(expected_probabilities(data, UINT8_RANGE))
+    np.testing.assert_array_equal(expected, np.where(data >= 8, 255, 0))
+    np.testing.assert_array_equal(masks, expected)  # in file-name order
     assert sorted(p.name for p in frames.iterdir()) == ["t000.tif", "t001.tif", "t002.tif"]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 
+import unetrt.models
 from unetrt.cli import main
 from unetrt.contract import CONTRACT_KEY, ModelContract
 from unetrt.errors import ConfigError, InputError
@@ -179,12 +180,13 @@ def _data_root() -> Path:
 
 @pytest.mark.data
 def test_default_model_reaches_dice_090_on_u373_gold_truth() -> None:
-    from unetrt.segmenter import default_model_path
+    from unetrt.models import BUILTIN_MODELS
 
     u373 = _data_root() / "ctc-u373-02"
     if not (u373 / "gold_truth").is_dir():
         pytest.skip(f"U373 data not found at {u373} (set UNETRT_DATA to the shared data folder)")
-    if not default_model_path().is_file():
+    default = Path(unetrt.models.__file__).parent / BUILTIN_MODELS["default"][0]
+    if not default.is_file():
         pytest.skip("this build ships no default model")
     report = evaluate(None, u373 / "frames", u373 / "gold_truth")
     assert [int(f.image[1:4]) for f in report.frames] == list(U373_GOLD)

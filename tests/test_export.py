@@ -20,11 +20,12 @@ onnx = pytest.importorskip("onnx")
 import onnxruntime as ort  # noqa: E402
 
 from unetrt.cli import main  # noqa: E402
-from unetrt.contract import CONTRACT_KEY, ModelContract  # noqa: E402
+from unetrt.contract import CONFIG_NAME, CONTRACT_KEY, ModelContract  # noqa: E402
 from unetrt.errors import ModelError, OutputError  # noqa: E402
-from unetrt.export import CONFIG_NAME, ExportError, export  # noqa: E402
+from unetrt.export import ExportError, export  # noqa: E402
 from unetrt.normalize import Normalization  # noqa: E402
 from unetrt.segmenter import Segmenter  # noqa: E402
+from unetrt.testing import unet_receptive_radius  # noqa: E402
 from unetrt.train.config import load_config  # noqa: E402
 from unetrt.train.models import build_model, receptive_field  # noqa: E402
 
@@ -63,6 +64,64 @@ def _contract_of(path: Path) -> ModelContract:
     return ModelContract.from_json(session.get_modelmeta().custom_metadata_map[CONTRACT_KEY])
 
 
+#: The contract `BASE_CONFIG` describes: alignment 2**pools, halo the receptive field of a
+#: 2-pool U-Net of 3x3 convolutions (traced independently by unetrt.testing), and the
+#: config's normalization.
+BASE_CONTRACT = ModelContract(
+    channels=1,
+    layout="NHWC",
+    alignment=4,
+    halo=unet_receptive_radius(pools=2, kernel=3),
+    normalization=Normalization(method="percentile", low=1.0, high=99.0),
+    output="sigmoid",
+    threshold=0.5,
+    classes=("background", "foreground"),
+    temporal="none",
+    time_steps=1,
+)
+
+
+def _percentile_normalized(frames: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Each frame mapped so that its ``low`` / ``high`` percentiles go to 0 / 1."""
+    out = []
+    for frame in frames.astype(np.float32):
+        p_low, p_high = np.percentile(frame, [low, high])
+        out.append((frame - np.float32(p_low)) / np.float32(p_high - p_low))
+    return np.stack(out)[..., None].astype(np.float32)
+
+
+def _assert_engine_model(onnx_path: Path, keras_path: Path, batch: np.ndarray) -> None:
+    """What the export promises besides the contract: a model ONNX Runtime loads, one input
+    "frame" with dynamic batch, height and width, and the Keras model's output."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (frame_input,) = session.get_inputs()
+    assert frame_input.name == "frame" and frame_input.type == "tensor(float)"
+    assert frame_input.shape[3] == 1
+    assert not any(isinstance(d, int) for d in frame_input.shape[:3])  # symbolic: dynamic
+    keras_model = __import__("keras").models.load_model(keras_path, compile=False)
+    rng = np.random.default_rng(9)
+    # The given batch and two more sizes (other batch, height and width: all dynamic).
+    for x in (batch, rng.random((1, 12, 8, 1), dtype=np.float32), batch[:2, :8, :20]):
+        got = session.run(None, {"frame": np.ascontiguousarray(x)})[0]
+        expected = np.asarray(keras_model(x, training=False))
+        assert got.shape == expected.shape == x.shape
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def _assert_halo_bounds_the_field(onnx_path: Path, halo: int) -> None:
+    """An input pixel changes no output pixel further than the halo away."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(8).random((1, 96, 96, 1), dtype=np.float32)
+    (base,) = session.run(None, {"frame": x})
+    for y0, x0 in ((48, 48), (45, 50), (50, 45)):
+        hit = x.copy()
+        hit[0, y0, x0, 0] += 100.0
+        (out,) = session.run(None, {"frame": hit})
+        rows, cols = np.nonzero(np.abs(out - base)[0, :, :, 0] > 1e-6)
+        assert rows.size > 0  # the impulse is seen at all
+        assert np.abs(rows - y0).max() <= halo and np.abs(cols - x0).max() <= halo
+
+
 def test_round_trip_and_contract_from_training_config(tmp_path: Path) -> None:
     keras_path = _save_model(tmp_path / "run")
     onnx_path = tmp_path / "model.onnx"
@@ -70,6 +129,7 @@ def test_round_trip_and_contract_from_training_config(tmp_path: Path) -> None:
 
     cfg = load_config({**BASE_CONFIG}).model_config()
     assert _contract_of(onnx_path) == contract
+    assert contract == BASE_CONTRACT
     assert contract.alignment == 4
     assert contract.halo == receptive_field(cfg)
     assert contract.normalization == Normalization(method="percentile", low=1.0, high=99.0)
@@ -110,6 +170,8 @@ def test_checkpoint_takes_the_config_of_its_run(tmp_path: Path) -> None:
     keras_path.rename(checkpoint)
     contract = export(checkpoint, tmp_path / "model.onnx")
     assert contract.normalization == Normalization(method="range")
+    assert contract == BASE_CONTRACT.replace(normalization=Normalization(method="range"))
+    assert _contract_of(tmp_path / "model.onnx") == contract
     assert contract.halo == receptive_field(load_config({**BASE_CONFIG}).model_config())
 
 
@@ -120,7 +182,9 @@ def test_contract_measured_without_training_config(tmp_path: Path) -> None:
     assert contract.alignment == 4
     # The impulse probe finds the field up to the alignment; the formula is an upper bound.
     assert 0 < contract.halo <= -(-receptive_field(cfg) // 4) * 4
+    assert contract.halo % 4 == 0  # rounded up to the alignment
     assert contract.output == "sigmoid"
+    assert _contract_of(tmp_path / "model.onnx") == contract
 
 
 def test_softmax_and_two_head_models(tmp_path: Path) -> None:
@@ -150,8 +214,17 @@ def test_check_with_real_frames_from_a_stack(tmp_path: Path) -> None:
     stack = np.random.default_rng(4).integers(0, 4000, (5, 30, 42), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
     keras_path = _save_model(tmp_path / "run")
-    export(keras_path, tmp_path / "model.onnx", check_frames=tmp_path / "stack.tif")
+    contract = export(keras_path, tmp_path / "model.onnx", check_frames=tmp_path / "stack.tif")
     assert (tmp_path / "model.onnx").is_file()
+    assert contract == BASE_CONTRACT
+    assert _contract_of(tmp_path / "model.onnx") == BASE_CONTRACT
+    assert BASE_CONTRACT.halo == receptive_field(load_config({**BASE_CONFIG}).model_config())
+    stored = {p.key: p.value for p in onnx.load(tmp_path / "model.onnx").metadata_props}
+    assert json.loads(stored[CONTRACT_KEY]) == BASE_CONTRACT.to_dict()
+    # The stack's frames, normalized as the contract says, cut to a multiple of 4 pixels.
+    batch = _percentile_normalized(stack, 1.0, 99.0)[:, :28, :40]
+    _assert_engine_model(tmp_path / "model.onnx", keras_path, batch)
+    _assert_halo_bounds_the_field(tmp_path / "model.onnx", BASE_CONTRACT.halo)
 
 
 def test_mismatch_fails_loudly_and_writes_nothing(
@@ -200,6 +273,11 @@ def test_cli_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     out = capsys.readouterr().out
     assert "ONNX Runtime matches Keras" in out and "alignment" in out
+    assert _contract_of(tmp_path / "model.onnx") == BASE_CONTRACT
+    fields = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:]}
+    assert fields["alignment"] == "4" and fields["halo"] == str(BASE_CONTRACT.halo)
+    batch = np.random.default_rng(5).random((2, 16, 24, 1), dtype=np.float32)
+    _assert_engine_model(tmp_path / "model.onnx", keras_path, batch)
     code = main(["export", str(tmp_path / "nope.keras"), "-o", str(tmp_path / "x.onnx")])
     assert code == 1
     assert "nope.keras: no such file" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import pytest
 import tifffile
 
 from unetrt.errors import ConfigError, InputError, OutputError
-from unetrt.io import StackWriter, open_frames, prefetch
+from unetrt.io import StackWriter, atomic_output, frame_number, open_frames, prefetch
 
 
 def make_stack(n: int = 6, h: int = 8, w: int = 10, dtype: str = "uint16") -> np.ndarray:
@@ -281,6 +281,70 @@ def test_reads_from_two_threads_do_not_interfere(tmp_path: Path) -> None:
         sampler.join()
     np.testing.assert_array_equal(np.stack(streamed), stack)
     np.testing.assert_array_equal(np.stack(sampled), stack)
+
+
+def test_describe_frame_of_a_stack_counts_in_the_source(tmp_path: Path) -> None:
+    path = tmp_path / "video.tif"
+    tifffile.imwrite(path, make_stack(n=10), photometric="minisblack")
+    with open_frames(path) as frames:
+        assert frames.describe_frame(3) == "frame 3 of video.tif"
+    with open_frames(path, frames=slice(5, 10, 2)) as frames:
+        assert [frames.describe_frame(i) for i in range(3)] == [
+            "frame 5 of video.tif",
+            "frame 7 of video.tif",
+            "frame 9 of video.tif",
+        ]
+        assert frames.describe_frame(-1) == "frame 9 of video.tif"
+        with pytest.raises(IndexError):
+            frames.describe_frame(3)
+
+
+def test_describe_frame_of_files_names_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t, frame in enumerate(make_stack(n=13)):
+        tifffile.imwrite(folder / f"t{t:03d}.tif", frame)
+    with open_frames(folder, frames=slice(10, None)) as frames:
+        assert frames.describe_frame(2) == "frame 12 (t012.tif) of frames"
+    pattern = str(folder / "t01*.tif")
+    with open_frames(pattern) as frames:
+        assert frames.describe_frame(0) == f"frame 0 (t010.tif) of {pattern}"
+    write_png(tmp_path / "cell.png", make_stack(n=1, dtype="uint8")[0])
+    with open_frames(tmp_path / "cell.png") as frames:
+        assert frames.describe_frame(0) == "frame 0 of cell.png"
+
+
+def test_frame_number_is_the_last_digit_group_of_the_stem() -> None:
+    assert frame_number("t010.tif") == 10
+    assert frame_number(Path("seq02") / "man_seg_2_017.tif") == 17
+    assert frame_number("2024-cells.v3.tif") == 3  # the stem is "2024-cells.v3"
+    assert frame_number("cell.png") is None
+
+
+# --- atomic outputs -------------------------------------------------------------------
+
+
+def test_atomic_output_appears_only_when_complete(tmp_path: Path) -> None:
+    path = tmp_path / "scores.csv"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_output(path) as partial:
+        partial.write_text("half")
+        raise RuntimeError("interrupted")
+    assert path.read_text() == "old"
+    with atomic_output(path) as partial:
+        assert partial.parent == tmp_path and partial.name.startswith(".")
+        partial.write_text("new")
+    assert path.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
+
+
+def test_atomic_output_turns_os_errors_into_output_errors(tmp_path: Path) -> None:
+    path = tmp_path / "scores.csv"
+    full = pytest.raises(OutputError, match=r"cannot write .*scores\.csv: No space left")
+    with full, atomic_output(path) as partial:
+        partial.write_text("x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- prefetch -------------------------------------------------------------------------

@@ -52,7 +52,9 @@ def test_unet_alignment_and_halo(tmp_path: Path, pools: int, layout: str) -> Non
         assert (c.layout, c.channels, c.output) == (layout, 1, "sigmoid")
         assert c.classes == ("background", "foreground")
         assert m.inferred["alignment"].startswith(f"{2**pools}: smallest power of two")
-        assert m.inferred["halo"].startswith(f"{c.halo}: impulse response radius {radius}")
+        # The graph bound decides; the probe cross-checks and finds the worst position too.
+        assert m.inferred["halo"].startswith(f"{c.halo}: graph bound {radius} px")
+        assert f"impulse cross-check: impulse response radius {radius} " in m.inferred["halo"]
         assert m.inferred["layout"].startswith("channels")
         assert m.inferred["threshold"] == "default"
 
@@ -77,7 +79,7 @@ def test_output_kind_and_classes(tmp_path: Path, output, classes, kind, names) -
     with open_model(_save(tmp_path, model), threads=1) as m:
         assert m.contract.output == kind
         assert m.contract.classes == names
-        assert m.backend.output_channels == classes
+        assert m.output_channels == classes
 
 
 def test_multichannel_input(tmp_path: Path) -> None:
@@ -105,7 +107,7 @@ def _fixed_size_conv(tmp_path: Path) -> Path:
 
 def test_fixed_size_model(tmp_path: Path) -> None:
     with open_model(_fixed_size_conv(tmp_path), threads=1) as m:
-        assert m.backend.fixed_tile() == (64, 64)
+        assert m.accepted.fixed_tile == (64, 64)
         assert m.contract.alignment == 1
         assert m.contract.halo == 1
         assert m.inferred["alignment"] == "1: fixed input size 64x64"
@@ -173,7 +175,7 @@ def test_contract_layout_wins_over_the_shape(tmp_path: Path) -> None:
     helper.set_model_props(model, {"unetrt": ModelContract(channels=8, layout="NCHW").to_json()})
     with open_model(_save(tmp_path, model), threads=1) as m:
         assert m.backend.layout == "NCHW"
-        assert m.backend.fixed_tile() == (8, 8)
+        assert m.accepted.fixed_tile == (8, 8)
 
 
 def test_contract_channels_must_match_the_model(tmp_path: Path) -> None:

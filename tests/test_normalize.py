@@ -9,6 +9,7 @@ import pytest
 import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.ndimage import gaussian_filter
 
 from unetrt import _core, tiling
 from unetrt.errors import ConfigError, InputError
@@ -28,6 +29,32 @@ from unetrt.normalize import (
 )
 
 DTYPES = (np.uint8, np.uint16, np.float32)
+
+
+def documented(frame: np.ndarray, method: str, center: float | None = None) -> np.ndarray:
+    """The normalized frame as the `Normalization` docstring defines it, in NumPy.
+
+    Independent of `affine_for`: ``R`` is the dtype range (255, 65535, 1.0); the map is
+    evaluated in float32 with its scale and offset rounded to float32 (`Affine`).
+    ``center`` replaces the frame's own mean or median (stack statistics).
+    """
+    full = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(frame.dtype, 1.0)
+    x = frame.astype(np.float32)
+
+    def affine(scale: float, offset: float) -> np.ndarray:
+        return x * np.float32(scale) + np.float32(offset)
+
+    if method == "none":
+        return x
+    if method == "range":
+        return affine(1 / full, 0.0)
+    if method in ("mean", "median"):
+        if center is None:
+            center = float(frame.mean(dtype=np.float64) if method == "mean" else np.median(frame))
+        return np.clip(affine(1 / full, 0.5 - center / full), np.float32(0), np.float32(1))
+    low, high = np.percentile(frame, [1.0, 99.8])  # the default percentiles
+    scale = 1 / (high - low) if high > low else 1 / full
+    return affine(scale, -low * scale)
 
 
 def make_frame(shape: tuple[int, ...], dtype: type, seed: int = 0) -> np.ndarray:
@@ -56,6 +83,7 @@ def test_affine_for_each_method() -> None:
     spec = Normalization(method="percentile", low=0, high=100)
     scale, offset, lo, hi = affine_for(frame, spec)
     assert math.isclose(scale, 1 / 1000) and offset == 0 and (lo, hi) == (-math.inf, math.inf)
+    assert scale == 1 / 1000  # p100 - p0 = 1000 exactly
 
 
 def test_percentile_of_a_flat_frame_does_not_divide_by_zero() -> None:
@@ -84,6 +112,7 @@ def test_normalize_frame_equals_the_numpy_formula(
     got = normalize_frame(frame, spec, threads=2)
     assert got.dtype == np.float32 and got.shape == frame.shape
     np.testing.assert_array_equal(got, ref.apply_affine(frame, affine))
+    np.testing.assert_array_equal(got, documented(frame, method))
 
 
 @settings(max_examples=50, deadline=None)
@@ -125,6 +154,16 @@ def test_mean_method_clips_to_unit_range() -> None:
     got = normalize_frame(frame, Normalization(method="mean"))
     assert got.min() >= 0 and got.max() <= 1
     np.testing.assert_array_equal(got, ref.apply_affine(frame, affine_for(frame, Normalization())))
+    # mean 127.75: y = x / 255 + 0.5 - 127.75 / 255, so 0 maps to -0.00098, clipped to 0
+    step, offset = np.float32(1 / 255), np.float32(0.5 - 127.75 / 255)
+    assert offset < 0
+    expected = [[0.0, np.float32(255) * step + offset], [np.float32(128) * step + offset] * 2]
+    np.testing.assert_array_equal(got, np.array(expected, np.float32))
+    # mean 63.75: y = x / 255 + 0.25, so 255 maps to 1.25, clipped to 1
+    frame = np.array([[0, 0], [0, 255]], np.uint8)
+    got = normalize_frame(frame, Normalization(method="mean"))
+    np.testing.assert_array_equal(got, np.array([[0.25, 0.25], [0.25, 1.0]], np.float32))
+    np.testing.assert_array_equal(got, documented(frame, "mean"))
 
 
 def test_statistics_pool_channels() -> None:
@@ -169,6 +208,27 @@ def test_stack_scope_needs_statistics() -> None:
         normalize_frame(frame, spec, stats),
         ref.apply_affine(frame, affine_for(stats, spec, frame.dtype)),
     )
+    # The flipped frame has the same pixels, so the stack mean is the frame's mean.
+    assert stats == Statistics(center=float(frame.mean(dtype=np.float64)))
+    np.testing.assert_array_equal(normalize_frame(frame, spec, stats), documented(frame, "mean"))
+
+
+def test_stack_statistics_apply_to_every_frame_of_the_stack() -> None:
+    # A dark frame normalized with a bright stack's mean: x / 255 + 0.5 - mean(bright) / 255.
+    rng = np.random.default_rng(6)
+    bright = rng.integers(100, 200, (32, 32), dtype=np.uint8)
+    dark = (bright // 2).astype(np.uint8)
+    spec = Normalization(method="mean", scope="stack")
+    stats = stack_statistics([bright], spec)
+    assert stats.center == float(bright.mean(dtype=np.float64))
+    got = normalize_frame(dark, spec, stats)
+    expected = documented(dark, "mean", center=float(bright.mean(dtype=np.float64)))
+    np.testing.assert_array_equal(got, expected)
+    # not the frame's own statistics: the dark frame's mean would map it around 0.5
+    assert got.mean() < 0.5 - 60 / 255
+    np.testing.assert_array_equal(
+        normalize_frame(dark, Normalization(method="mean")), documented(dark, "mean")
+    )
 
 
 def test_correct_illumination_removes_a_gradient_and_keeps_the_mean() -> None:
@@ -183,11 +243,23 @@ def test_correct_illumination_removes_a_gradient_and_keeps_the_mean() -> None:
     inner = got[20:-20, 20:-20]  # away from the reflected borders
     assert np.ptp(inner[spots[20:-20, 20:-20] == 0]) < 0.05 * np.ptp(background)
     np.testing.assert_allclose(correct_illumination(np.full((9, 9), 7, np.uint8), 2.0), 7)
+    # The documented formula: frame - gaussian_filter(frame, sigma) + mean(frame).
+    values = frame.astype(np.float32)
+    expected = values - gaussian_filter(values, 10.0, mode="reflect") + np.float32(frame.mean())
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3)
 
 
 def test_correct_illumination_is_per_channel() -> None:
     frame = np.stack([np.full((16, 16), 10.0), np.full((16, 16), 90.0)], axis=-1)
     np.testing.assert_allclose(correct_illumination(frame, 3.0), frame, rtol=1e-6)
+    # Each channel is blurred on its own (only across H and W) and keeps its own mean.
+    rng = np.random.default_rng(2)
+    frame = rng.integers(0, 4000, (24, 20, 2)).astype(np.uint16)
+    got = correct_illumination(frame, 3.0)
+    for c in range(2):
+        values = frame[..., c].astype(np.float32)
+        expected = values - gaussian_filter(values, 3.0, mode="reflect") + values.mean()
+        np.testing.assert_allclose(got[..., c], expected, rtol=0, atol=1e-3)
 
 
 def test_illumination_correction_keeps_the_raw_dtype_range() -> None:
@@ -218,6 +290,7 @@ def test_kernel_frame_converts_other_dtypes() -> None:
     frame = np.arange(12, dtype=np.int32).reshape(3, 4)
     converted = kernel_frame(frame)
     assert converted.dtype == np.float32 and converted.flags.c_contiguous
+    np.testing.assert_array_equal(converted, np.arange(12, dtype=np.float32).reshape(3, 4))
     u16 = np.zeros((3, 4), np.uint16)
     assert kernel_frame(u16) is u16
     big_endian = np.arange(12, dtype=">u2").reshape(3, 4)

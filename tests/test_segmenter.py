@@ -39,9 +39,9 @@ def _reference(seg: Segmenter, frame: np.ndarray) -> np.ndarray:
     ph, pw = -(-h // ALIGN) * ALIGN - h, -(-w // ALIGN) * ALIGN - w
     x = np.pad(x, ((0, ph), (0, pw)), mode="reflect")
     if seg.contract.layout == "NHWC":
-        out = seg.model.backend.run(x[None, :, :, None])[0]
+        out = seg.model.predict(x[None, :, :, None])[0]
     else:
-        out = np.moveaxis(seg.model.backend.run(x[None, None])[0], 0, -1)
+        out = np.moveaxis(seg.model.predict(x[None, None])[0], 0, -1)
     out = out[:h, :w]
     return out[..., 0] if out.shape[-1] == 1 else out
 
@@ -210,11 +210,11 @@ def test_failed_run_leaves_no_output(unet_path, tmp_path, monkeypatch):
     calls = {"n": 0}
     real_run = seg.model.backend.run
 
-    def failing_run(batch):
+    def failing_run(feeds, out=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real_run(batch)
+        return real_run(feeds, out)
 
     monkeypatch.setattr(seg.model.backend, "run", failing_run)
     with pytest.raises(KeyboardInterrupt):

@@ -1,4 +1,4 @@
-"""The C++ tiler, stitcher and masks against the NumPy reference (tests/reference.py)."""
+"""The C++ tiler and stitcher against the NumPy reference (tests/reference.py)."""
 
 from __future__ import annotations
 
@@ -375,40 +375,28 @@ def test_taper_weights(size: tuple[int, int]) -> None:
         assert w.max() == 1
 
 
-# ---------------------------------------------------------------- masks
-
-
-def test_threshold_mask() -> None:
-    prob = np.random.default_rng(0).random((300, 200), np.float32)
-    prob[0, :3] = [0.5, np.nan, np.nextafter(np.float32(0.5), np.float32(1))]
-    mask = tiling.threshold_mask(prob, 0.5)
-    assert mask.dtype == np.uint8
-    np.testing.assert_array_equal(mask, np.where(prob > 0.5, 255, 0))
-    np.testing.assert_array_equal(mask[0, :3], [0, 0, 255])
-
-
-@pytest.mark.parametrize("classes", [1, 2, 5])
-def test_argmax_mask(classes: int) -> None:
-    # Coarse values make ties, which must go to the first class as in numpy.
-    prob = np.random.default_rng(0).integers(0, 4, (120, 70, classes)).astype(np.float32)
-    mask = tiling.argmax_mask(prob, threads=2)
-    assert mask.dtype == np.uint8
-    np.testing.assert_array_equal(mask, np.argmax(prob, axis=-1))
-
-
-def test_masks_into_caller_buffers() -> None:
-    prob = np.random.default_rng(0).random((50, 40, 3), np.float32)
-    out = np.empty((50, 40), np.uint8)
-    assert tiling.argmax_mask(prob, out=out) is out
-    assert tiling.threshold_mask(prob[..., 0], 0.3, out=out) is out
-    with pytest.raises(ValueError, match="out must be a uint8 array"):
-        tiling.threshold_mask(prob, 0.3, out=out)
-    with pytest.raises(ValueError, match="1 to 256 classes"):
-        tiling.argmax_mask(np.zeros((4, 4, 300), np.float32))
-
-
 def test_build_info() -> None:
+    import importlib.metadata
+    import os
+    import re
+    from pathlib import Path
+
+    import unetrt
+
     info = build_info()
-    assert info["cuda_devices"] == 0 or info["cuda"]
-    assert info["hardware_threads"] >= 1
-    assert isinstance(info["compiler"], str) and info["compiler"]
+    assert sorted(info) == ["compiler", "cuda", "cuda_devices", "hardware_threads", "version"]
+    # The version reaches C++ from pyproject.toml (scikit-build-core -> CMake -> define).
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    declared = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE)
+    assert declared is not None
+    assert info["version"] == declared[1] == importlib.metadata.version("unetrt")
+    assert unetrt.__version__ == info["version"]
+    assert type(info["cuda"]) is bool and type(info["cuda_devices"]) is int
+    if not info["cuda"]:  # a CPU build answers "how many GPUs?" with 0
+        assert info["cuda_devices"] == 0
+    # std::thread::hardware_concurrency: online processors (libstdc++ and libc++
+    # both ask sysconf), at least 1.
+    online = os.sysconf("SC_NPROCESSORS_ONLN") if hasattr(os, "sysconf") else os.cpu_count()
+    assert info["hardware_threads"] == max(1, online or 1)
+    # info.cpp's formats: "GCC 12.2.0", "Clang <__clang_version__>", "MSVC <_MSC_FULL_VER>".
+    assert re.fullmatch(r"GCC \d+\.\d+\.\d+|Clang \d+\.\d+\.\d+.*|MSVC \d{9}", info["compiler"])

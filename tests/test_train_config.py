@@ -4,6 +4,8 @@ the model, the loss and the normalization."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -315,3 +317,18 @@ def test_every_key_is_documented_once() -> None:
     table = "\n".join(rows)
     for seed_key, key in ALIASES.items():
         assert re.search(rf"`{key}` \(seed[^)]*`{seed_key}`\)", table), seed_key
+
+
+def _import_without(blocked: str, module: str) -> subprocess.CompletedProcess[str]:
+    # A fresh interpreter, because this one has imported TensorFlow through other tests;
+    # a None entry in sys.modules makes every import of that package fail.
+    code = f"import sys; sys.modules[{blocked!r}] = None; import {module}"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("blocked", ["tensorflow", "keras"])
+def test_config_imports_without_tensorflow(blocked: str) -> None:
+    result = _import_without(blocked, "unetrt.train.config")
+    assert result.returncode == 0, result.stderr
+    # The check itself works: the training data (Keras datasets) does need it.
+    assert _import_without(blocked, "unetrt.train.data").returncode != 0

@@ -13,6 +13,7 @@
 #include "unetrt/extract.hpp"
 #include "unetrt/info.hpp"
 #include "unetrt/mask.hpp"
+#include "unetrt/parallel.hpp"
 #include "unetrt/stitch.hpp"
 #include "unetrt/tiling.hpp"
 
@@ -129,6 +130,10 @@ PYBIND11_MODULE(_core, m) {
     info["hardware_threads"] = unetrt::hardware_threads();
     return info;
   });
+
+  // Runtime state, not a build fact, so not part of build_info().
+  m.def("pool_threads", &unetrt::pool_threads, py::call_guard<py::gil_scoped_release>(),
+        "Worker threads the core's thread pool has now (0 before its first parallel call).");
 
   m.def(
       "plan_tiles",

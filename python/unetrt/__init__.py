@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from .contract import ModelContract
     from .errors import UnetrtError
     from .normalize import Normalization
+    from .pipeline import VideoStream
     from .postprocess import PostProcess
-    from .segmenter import Segmenter, SegmentSummary
+    from .segmenter import Segmenter, SegmenterSpec, SegmentSummary
 
 __version__: str = build_info()["version"]
 
@@ -28,6 +29,8 @@ _LAZY = {
     "PostProcess": "postprocess",
     "SegmentSummary": "segmenter",
     "Segmenter": "segmenter",
+    "SegmenterSpec": "segmenter",
+    "VideoStream": "pipeline",
     "UnetrtError": "errors",
 }
 
@@ -37,7 +40,9 @@ __all__ = [
     "PostProcess",
     "SegmentSummary",
     "Segmenter",
+    "SegmenterSpec",
     "UnetrtError",
+    "VideoStream",
     "__version__",
     "build_info",
 ]

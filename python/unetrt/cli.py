@@ -83,6 +83,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         threads=args.threads,
         postprocess=postprocess,
+        nan=args.nan,
     ) as segmenter:
         summary = segmenter.segment(
             args.input,
@@ -98,26 +99,32 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .model import open_model
+    from .models import BUILTIN_MODELS
 
-    model = open_model(args.model, backend=args.backend, device=args.device)
-    backend = model.backend
-    report = {
-        "model": str(model.path),
-        "backend": backend.name,
-        "device": backend.device,
-        "input": {"name": backend.input_name, "shape": list(backend.input_shape)},
-        "output_channels": backend.output_channels,
-        "contract": model.contract.to_dict(),
-        "inferred": model.inferred,
-    }
-    backend.close()
+    if args.model is None:
+        print("built-in models (use the name as MODEL or --model NAME):")
+        for name, (_, what) in BUILTIN_MODELS.items():
+            print(f"  {name:<14} {what}")
+        return 0
+    with open_model(args.model, backend=args.backend, device=args.device) as model:
+        backend, image = model.backend, model.image
+        report = {
+            "model": str(model.path),
+            "backend": backend.name,
+            "device": backend.device,
+            "input": {"name": image.name, "shape": list(image.shape)},
+            "output": {"name": model.prediction.name, "shape": list(model.prediction.shape)},
+            "output_channels": model.output_channels,
+            "contract": model.contract.to_dict(),
+            "inferred": model.inferred,
+        }
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"model        {report['model']}")
     print(f"backend      {backend.name} on {backend.device}")
-    print(f"input        {backend.input_name} {_shape(backend.input_shape)} ({backend.layout})")
-    print(f"output       {backend.output_channels} channel(s), {model.contract.output}")
+    print(f"input        {image.name} {_shape(image.shape)} ({backend.layout})")
+    print(f"output       {model.output_channels} channel(s), {model.contract.output}")
     print("contract")
     for key, value in model.contract.to_dict().items():
         source = model.inferred.get(key, "model metadata")
@@ -199,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("input", help="multi-page TIFF, single frame, folder, or glob of frames")
     seg.add_argument("-o", "--output", help="mask stack to write (default: <input>_mask.tif)")
-    seg.add_argument("--model", help="ONNX model (default: the model shipped with unetrt)")
+    seg.add_argument(
+        "--model", help="ONNX model, or a built-in model name (default: 'default'; see unetrt info)"
+    )
     _add_engine_options(seg)
     seg.add_argument(
         "--tile", default="auto", help="'auto' (default: whole frame when it fits), SIZE or HxW"
@@ -229,7 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--probabilities", metavar="PATH", help="also write float32 probabilities to PATH"
     )
     seg.add_argument("--frames", metavar="START:STOP", help="only these frames (0-based)")
-    seg.add_argument("--threads", type=int, help="CPU threads for the engine")
+    seg.add_argument(
+        "--threads", type=int, help="CPU threads for the engine and the core (default: all)"
+    )
+    seg.add_argument(
+        "--nan",
+        type=float,
+        metavar="VALUE",
+        help="read NaN pixels of float frames as VALUE (default: a frame with NaN is an error)",
+    )
     seg.add_argument(
         "--min-size", type=int, default=0, metavar="N", help="remove objects smaller than N pixels"
     )
@@ -244,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.set_defaults(func=_cmd_segment)
 
     info = sub.add_parser("info", help="show a model's contract and what was inferred")
-    info.add_argument("model", help="ONNX model")
+    info.add_argument(
+        "model", nargs="?", help="ONNX model or built-in model name (none: list the built-in ones)"
+    )
     _add_engine_options(info)
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_cmd_info)
@@ -295,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment IMAGES with the engine and compare with MASKS (foreground: "
         "label > 0) frame by frame.",
     )
-    ev.add_argument("--model", help="ONNX model (default: the model shipped with unetrt)")
+    ev.add_argument(
+        "--model", help="ONNX model, or a built-in model name (default: 'default'; see unetrt info)"
+    )
     ev.add_argument("--images", required=True, help="frames: stack, folder or glob")
     ev.add_argument("--masks", required=True, help="ground-truth masks: stack, folder or glob")
     ev.add_argument("--csv", metavar="PATH", help="write per-frame scores and the mean to PATH")

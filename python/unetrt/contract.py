@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
 from .normalize import Normalization
 
+#: Names that export, training and the engine share (one definition for all of them).
+#: ONNX ``metadata_props`` key holding the contract JSON.
 CONTRACT_KEY = "unetrt"
+#: Suffix of the contract file beside a compiled engine: ``model.engine.unetrt.json``.
+SIDECAR_SUFFIX = ".unetrt.json"
+#: The training configuration `unetrt train` writes beside its model (read by export).
+CONFIG_NAME = "config.json"
+#: Name of the image input of models exported by unetrt.
+INPUT_NAME = "frame"
 CONTRACT_VERSION = 1
 
 LAYOUTS = ("NHWC", "NCHW")
@@ -143,3 +153,96 @@ class ModelContract:
         except json.JSONDecodeError as exc:
             raise ModelError(f"model contract is not valid JSON: {exc}") from exc
         return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class StoredContract:
+    """A contract as a model file states it.
+
+    Attributes:
+        contract: The contract; fields the file leaves out have their defaults.
+        fields: The fields the file states. A model with every field stated opens
+            without probe runs; the others are inferred (see `unetrt.model`).
+        source: Where it was read from, in words (``"ONNX metadata"`` or the sidecar).
+    """
+
+    contract: ModelContract
+    fields: frozenset[str]
+    source: str
+
+    @property
+    def complete(self) -> bool:
+        """True when the file states every field (nothing needs inferring)."""
+        return self.fields >= CONTRACT_FIELDS
+
+
+#: The contract fields a model states (all but the schema version).
+CONTRACT_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelContract)) - {"version"}
+
+
+def sidecar_path(model: str | os.PathLike[str]) -> Path:
+    """The contract file beside a model or compiled engine: ``<file>.unetrt.json``."""
+    path = Path(model)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def read_contract(model: str | os.PathLike[str] | bytes) -> StoredContract | None:
+    """Read the contract a model carries, without loading the model into a runtime.
+
+    A sidecar ``<file>.unetrt.json`` (a JSON object whose ``"contract"`` key holds the
+    contract; other keys describe a compiled engine and are ignored here) wins; else
+    the ONNX ``metadata_props`` entry ``"unetrt"``. The ONNX file is read as protobuf
+    wire format (`unetrt.onnxgraph`), not parsed into a session.
+
+    Args:
+        model: A model or engine file, or serialized ONNX bytes.
+
+    Returns:
+        The stored contract, or None if the model carries none.
+
+    Raises:
+        ModelError: If the file is missing or unreadable, or its contract is invalid.
+    """
+    from .onnxgraph import read_metadata
+
+    if not isinstance(model, bytes):
+        sidecar = sidecar_path(model)
+        if sidecar.is_file():
+            return _read_sidecar(sidecar)
+        if not Path(model).is_file():
+            raise ModelError(f"cannot load model {os.fspath(model)}: no such file")
+    label = "<model bytes>" if isinstance(model, bytes) else os.fspath(model)
+    try:
+        text = read_metadata(model).get(CONTRACT_KEY)
+    except ModelError as exc:
+        raise ModelError(f"cannot load model {label}: {exc}") from exc
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+        contract = ModelContract.from_dict(data)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"model {label}: model contract is not valid JSON: {exc}") from exc
+    except ModelError as exc:
+        raise ModelError(f"model {label}: {exc}") from exc
+    return StoredContract(contract, frozenset(data) & CONTRACT_FIELDS, "ONNX metadata")
+
+
+def _read_sidecar(path: Path) -> StoredContract:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read the model contract {path}: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("contract"), dict):
+        raise ModelError(f"model contract {path} must be a JSON object with a 'contract' object")
+    try:
+        contract = ModelContract.from_dict(data["contract"])
+    except ModelError as exc:
+        raise ModelError(f"model contract {path}: {exc}") from exc
+    return StoredContract(contract, frozenset(data["contract"]) & CONTRACT_FIELDS, f"{path.name}")
+
+
+def load_contract(model: str | os.PathLike[str] | bytes) -> ModelContract | None:
+    """The contract a model carries (sidecar or ONNX metadata), or None; see `read_contract`."""
+    stored = read_contract(model)
+    return stored.contract if stored is not None else None

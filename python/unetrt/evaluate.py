@@ -7,10 +7,11 @@ and for a multi-class model every class but the background is foreground.
 
 Frames and masks are paired
 
-- by frame number (``pair="number"``): the last group of digits in each file name (the
-  rule training data uses too), as in the Cell Tracking Challenge (``t010.tif`` <->
-  ``man_seg010.tif``). Every mask needs a frame; frames without a mask are not scored,
-  so a folder of hand-drawn masks for a few frames evaluates against the whole video.
+- by frame number (``pair="number"``): the last group of digits in each file name
+  (`unetrt.io.frame_number`, the rule training data uses too), as in the Cell Tracking
+  Challenge (``t010.tif`` <-> ``man_seg010.tif``). Every mask needs a frame; frames
+  without a mask are not scored, so a folder of hand-drawn masks for a few frames
+  evaluates against the whole video.
 - in order (``pair="order"``): frame ``i`` with mask ``i``; the counts must match.
 - ``pair="auto"`` (the default) pairs by number when both sides are folders (or globs)
   of single-frame files whose names all carry distinct numbers, else in order.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import csv as csv_module
 import os
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,7 @@ import numpy as np
 
 from . import metrics
 from .errors import ConfigError, InputError, OutputError
-from .io import FrameSource, atomic_output, open_frames
+from .io import FrameSource, atomic_output, frame_number, open_frames
 
 PAIRINGS = ("auto", "number", "order")
 CSV_COLUMNS = ("frame", "image", "mask", "dice", "iou", "pixel_difference_percent")
@@ -155,8 +155,7 @@ def evaluate(
     with open_frames(images) as frames, open_frames(masks) as truths:
         pairs = _pairs(frames, truths, pair)
         with Segmenter(model, **segmenter_options) as segmenter:
-            if segmenter.contract.normalization.scope == "stack":
-                segmenter.fit_stack(frames)
+            stream = segmenter.stream(source=frames)  # stack statistics, when needed
 
             def paired_frames() -> Iterator[np.ndarray]:
                 for i, _ in pairs:
@@ -164,7 +163,7 @@ def evaluate(
 
             scores = []
             for (i, j), predicted in zip(
-                pairs, segmenter.segment_frames(paired_frames()), strict=True
+                pairs, segmenter.segment_frames(paired_frames(), stream), strict=True
             ):
                 truth = truths.read(j)
                 image_name, mask_name = _frame_name(frames, i), _frame_name(truths, j)
@@ -194,11 +193,10 @@ def _numbers(source: FrameSource) -> list[int] | None:
     """Frame numbers of a one-file-per-frame source, or None if it has none to offer."""
     if len(source.files) != len(source):
         return None
-    found = [re.findall(r"\d+", f.stem) for f in source.files]
-    if not all(found):
+    numbers = [n for n in map(frame_number, source.files) if n is not None]
+    if len(numbers) != len(source.files) or len(set(numbers)) != len(numbers):
         return None
-    numbers = [int(digits[-1]) for digits in found]
-    return numbers if len(set(numbers)) == len(numbers) else None
+    return numbers
 
 
 def _pairs(frames: FrameSource, truths: FrameSource, pair: str) -> list[tuple[int, int]]:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .contract import CONTRACT_KEY, ModelContract
+from .contract import CONFIG_NAME, CONTRACT_KEY, INPUT_NAME, ModelContract
 from .errors import ConfigError, ModelError, OutputError, require
 from .io import atomic_output
 
@@ -41,10 +41,6 @@ if TYPE_CHECKING:
     from .train.config import TrainConfig
 
 OPSET = 17
-#: File name of the training configuration that ``unetrt train`` stores next to the model.
-CONFIG_NAME = "config.json"
-#: Input name of every exported model.
-INPUT_NAME = "frame"
 #: Frames of the numeric check cut from real frames are at most this large (pixels per side).
 MAX_CHECK_SIZE = 512
 #: Real frames (or clips) used by the numeric check.
@@ -200,7 +196,7 @@ def _measured_contract(model: Any, onnx_file: Path) -> ModelContract:
         )
     backend = OnnxRuntimeBackend(onnx_file, layout="NHWC")
     try:
-        contract, _ = infer_contract(backend, {"layout": "NHWC"})
+        contract, _ = infer_contract(backend, {"layout": "NHWC"}, graph_source=onnx_file)
     finally:
         backend.close()
     return contract
@@ -300,11 +296,19 @@ def _random_batch(contract: ModelContract) -> np.ndarray:
 
 
 def _real_batch(source: FrameInput, contract: ModelContract) -> np.ndarray:
-    from .normalize import normalize_frame, stack_statistics
+    from .normalize import normalize_frame
+    from .pipeline import FrameChecks, fit_statistics
 
     frames = _read_check_frames(source, contract)
     spec = contract.normalization
-    stats = stack_statistics(frames, spec) if spec.scope == "stack" else None
+    # The statistics step inference uses, so a stack-scope model is checked as it runs.
+    stats = fit_statistics(
+        frames.__getitem__,
+        len(frames),
+        contract,
+        FrameChecks(channels=contract.channels),
+        lambda i: f"check frame {i}",
+    )
     normalized = [normalize_frame(f, spec, stats) for f in frames]
     a = contract.alignment
     h = min(normalized[0].shape[0], MAX_CHECK_SIZE) // a * a

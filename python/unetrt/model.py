@@ -1,23 +1,31 @@
 """Open a model and find out how to feed it: read its contract, or infer one.
 
 A model exported by unetrt carries its `ModelContract` as JSON in the ONNX metadata
-(key ``"unetrt"``); opening it costs one session creation. A foreign model has no
-contract, so `infer_contract` works it out from the input shape and a few model runs:
+(key ``"unetrt"``), a compiled engine in a sidecar file; `unetrt.contract.read_contract`
+reads either without loading the model, and a model whose contract states every field
+opens with no probe runs. For the fields a model leaves out (all of them for a foreign
+model), `infer_contract` works them out from the input shape, the graph and a few model
+runs:
 
 - layout and channels from the input shape;
 - alignment (``2**pools``): the smallest power of two ``a`` for which an input of odd
   multiples of ``a`` runs and keeps its size (an odd multiple of ``a`` is not a multiple
   of ``2a``, so a smaller ``a`` fails wherever pooling needs more);
-- halo (receptive-field radius), as StarDist measures it: run a random image, add a large
-  impulse to one pixel, and see how far the output changed. Pooling makes the field
-  depend on a pixel's position modulo the alignment, so impulses go at three positions,
-  the worst ones for a pooling pyramid included; the radius is rounded up to a multiple
-  of the alignment;
+- halo (receptive-field radius): an upper bound derived from the ONNX graph (kernel,
+  stride, dilation and padding of every convolution, pooling and resize along every
+  path, `unetrt.onnxgraph.receptive_field`), cross-checked with an impulse probe as
+  StarDist measures it: run random images, add a large impulse to one pixel, and see
+  how far the output changed. Pooling makes the field depend on a pixel's position
+  modulo the alignment, so impulses go at three positions, the worst ones for a pooling
+  pyramid included. The probe alone underestimates trained networks, whose ReLUs are
+  silent over much of the field; it decides only when the graph cannot be bounded (or
+  reaches further than the bound, which would be a bug worth reporting). The radius is
+  rounded up to a multiple of the alignment;
 - output kind from the value range of the probe output.
 
-That costs about ten model runs, most of them on a 256 x 256 probe (about half a second
+That costs about twenty model runs, most of them on a 256 x 256 probe (about a second
 for a 32-filter, 3-pool U-Net on two CPU cores); it is done only for models without a
-contract, and only for the fields not given as overrides.
+full contract, and only for the fields not given as overrides.
 """
 
 from __future__ import annotations
@@ -26,28 +34,38 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from .backends import Backend, create_backend
-from .backends.base import channel_axis, detect_layout, format_shape
-from .contract import CONTRACT_KEY, ModelContract
+from .backends.base import (
+    ShapeRange,
+    TensorSpec,
+    channel_axis,
+    detect_layout,
+    format_shape,
+    spatial_axes,
+)
+from .closeable import Closeable
+from .contract import ModelContract, StoredContract, read_contract
 from .errors import ConfigError, ModelError
+from .models import resolve_model
 from .normalize import Normalization
 
 FIELDS = tuple(f.name for f in dataclasses.fields(ModelContract) if f.name != "version")
 MAX_ALIGNMENT = 128
 PROBE_SIZE = 256
 MAX_PROBE_SIZE = 1024
+#: Random probe images per size for the halo cross-check (the largest radius wins).
+PROBE_IMAGES = 3
 # A change far above any normalised intensity, so its influence stays visible at the edge
 # of the receptive field; piecewise-linear networks scale it proportionally.
 IMPULSE = 100.0
 
 
 @dataclasses.dataclass
-class Model:
+class Model(Closeable):
     """A loaded model with the contract the engine feeds it by.
 
     Attributes:
@@ -56,31 +74,74 @@ class Model:
         contract: How to feed the model and read its output.
         inferred: Where each contract field came from, in words: ``"model contract"``,
             ``"given"`` (an override), ``"default"``, or how it was inferred.
+        image: The input that takes frames (tiles).
+        prediction: The output the masks come from (the model's first output).
     """
 
     path: Path
     backend: Backend
     contract: ModelContract
     inferred: dict[str, str]
+    image: TensorSpec
+    prediction: TensorSpec
+
+    @property
+    def accepted(self) -> ShapeRange:
+        """Batch and tile sizes the backend accepts for the image input."""
+        return self.backend.accepted(self.image.name)
+
+    @property
+    def output_channels(self) -> int | None:
+        """Channels of the prediction, ``None`` if the model leaves them dynamic."""
+        return self.prediction.channels
+
+    def predict(self, batch: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Run the model on a batch of tiles; see `run_prediction`."""
+        return run_prediction(self.backend, self.image, self.prediction, batch, out)
 
     def close(self) -> None:
         """Release the backend."""
         self.backend.close()
 
-    def __enter__(self) -> Model:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+def run_prediction(
+    backend: Backend,
+    image: TensorSpec,
+    prediction: TensorSpec,
+    batch: np.ndarray,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Run a frame model on a batch of tiles and check the prediction's size.
+
+    Args:
+        backend: The runtime.
+        image: The image input.
+        prediction: The output to return.
+        batch: float32 tiles, 4-D in the model's layout.
+        out: Optional float32 buffer for the prediction (written in place).
+
+    Returns:
+        The prediction, float32, same layout and height and width as ``batch``.
+
+    Raises:
+        ModelError: If the model rejects the batch or returns another spatial size.
+    """
+    outputs = backend.run({image.name: batch}, None if out is None else {prediction.name: out})
+    result = outputs[prediction.name]
+    layout = backend.layout
+    hw_in = tuple(batch.shape[a] for a in spatial_axes(layout))
+    hw_out = tuple(result.shape[a] for a in spatial_axes(layout)) if result.ndim == 4 else None
+    if hw_out != hw_in:
+        raise ModelError(
+            f"model returned shape {tuple(result.shape)} (output {prediction.name!r}) for "
+            f"input {tuple(batch.shape)}; unetrt needs an output of the input's height and "
+            f"width"
+        )
+    return result
 
 
 def open_model(
-    path: str | os.PathLike[str],
+    model: str | os.PathLike[str] | None,
     *,
     backend: str = "auto",
     device: str = "cpu",
@@ -89,11 +150,13 @@ def open_model(
 ) -> Model:
     """Load a model and settle its contract.
 
-    The contract comes from the model's metadata if it has one, else from
-    `infer_contract` (a few model runs). Overrides are applied last.
+    The contract comes from the model (`read_contract`: sidecar or ONNX metadata) as far
+    as it goes; fields it leaves out are inferred (`infer_contract`); overrides are
+    applied last.
 
     Args:
-        path: The ``.onnx`` file.
+        model: The ``.onnx`` file (or a compiled engine with its sidecar), or the name
+            of a built-in model (``"default"``); None is the default model.
         backend: ``"auto"``, ``"onnxruntime"`` or ``"tensorrt"``.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         threads: CPU threads per inference (``None``: the runtime's default).
@@ -110,33 +173,53 @@ def open_model(
         ConfigError: On a bad option or override.
     """
     given = _check_overrides(overrides or {})
+    path = resolve_model(model)
     label = os.fspath(path)
-    be = create_backend(path, backend, device, threads, layout=given.get("layout"))
+    stored = read_contract(path)
+    stated = stored.fields if stored is not None else frozenset()
+    layout = given.get("layout")
+    if layout is None and stored is not None and "layout" in stated:
+        layout = stored.contract.layout
+    be = create_backend(path, backend, device, threads, layout=layout)
     try:
-        text = be.metadata().get(CONTRACT_KEY)
-        if text is not None:
-            try:
-                contract = ModelContract.from_json(text)
-            except ModelError as exc:
-                raise ModelError(f"model {label}: {exc}") from exc
-            inferred = dict.fromkeys(FIELDS, "model contract")
-            if "layout" not in given and contract.layout != be.layout:
-                # The shape suggested another layout; the contract knows better.
-                be.close()
-                be = create_backend(path, backend, device, threads, layout=contract.layout)
-        else:
-            contract, inferred = infer_contract(be, given)
-        if given:
-            try:
-                contract = contract.replace(**given)
-            except ModelError as exc:
-                raise ConfigError(f"invalid override: {exc}") from exc
-            inferred.update(dict.fromkeys(given, "given"))
-        _check_fit(be, contract, label)
+        image, prediction = _frame_tensors(be, label)
+        known = {k: getattr(stored.contract, k) for k in stated} if stored is not None else {}
+        known.update(given)
+        contract, inferred = infer_contract(be, known, graph_source=path, image=image)
+        for name in stated:
+            inferred[name] = "model contract" if stored is None else _stated(stored)
+        inferred.update(dict.fromkeys(given, "given"))
+        _check_fit(be, image, contract, label)
     except BaseException:
         be.close()
         raise
-    return Model(path=Path(path), backend=be, contract=contract, inferred=inferred)
+    return Model(path, be, contract, inferred, image, prediction)
+
+
+def _stated(stored: StoredContract) -> str:
+    if stored.source == "ONNX metadata":
+        return "model contract"
+    return f"model contract ({stored.source})"
+
+
+def _frame_tensors(be: Backend, label: str) -> tuple[TensorSpec, TensorSpec]:
+    """The image input and the prediction output of a frame model."""
+    if len(be.inputs) != 1:
+        names = ", ".join(repr(i.name) for i in be.inputs)
+        raise ModelError(
+            f"model {label} has {len(be.inputs)} inputs ({names}); "
+            f"unetrt needs a model with one image input"
+        )
+    # A model may have several outputs (e.g. auxiliary heads); the first is the mask.
+    prediction = be.outputs[0]
+    if len(prediction.shape) != 4:
+        raise ModelError(
+            f"model {label}: output {prediction.name!r} has shape "
+            f"{format_shape(prediction.shape)} (rank {len(prediction.shape)}); unetrt needs "
+            f"a 4-D image output (batch, height, width, channels or batch, channels, "
+            f"height, width)"
+        )
+    return be.inputs[0], prediction
 
 
 def _check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -163,19 +246,24 @@ def _check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return given
 
 
-def _check_fit(be: Backend, contract: ModelContract, label: str) -> None:
+def _check_fit(be: Backend, image: TensorSpec, contract: ModelContract, label: str) -> None:
     """Reject a contract that contradicts the model's input shape."""
-    dim = be.input_shape[channel_axis(contract.layout)]
+    dim = image.shape[channel_axis(contract.layout)]
     # A window model sees its clip stacked along the channels.
     frames = contract.time_steps if contract.temporal == "window" else 1
     if dim is not None and dim != contract.channels * frames:
         stacked = f" x {frames} frames" if frames > 1 else ""
         raise ModelError(
             f"model {label}: the contract says {contract.channels} channel(s){stacked} "
-            f"({contract.layout}), but the model input {format_shape(be.input_shape)} "
+            f"({contract.layout}), but the model input {format_shape(image.shape)} "
             f"has {dim}"
         )
-    fixed = be.fixed_tile()
+    if contract.temporal == "stateful":
+        raise ModelError(
+            f"model {label} is a temporal step model (temporal 'stateful'); this unetrt "
+            f"runs frame and window models only"
+        )
+    fixed = be.accepted(image.name).fixed_tile
     if fixed is not None and any(n % contract.alignment for n in fixed):
         raise ModelError(
             f"model {label}: fixed input size {fixed[0]}x{fixed[1]} is not a multiple of "
@@ -184,92 +272,130 @@ def _check_fit(be: Backend, contract: ModelContract, label: str) -> None:
 
 
 def infer_contract(
-    backend: Backend, given: Mapping[str, Any] | None = None
+    backend: Backend,
+    known: Mapping[str, Any] | None = None,
+    *,
+    graph_source: str | os.PathLike[str] | bytes | None = None,
+    image: TensorSpec | None = None,
 ) -> tuple[ModelContract, dict[str, str]]:
-    """Work out a contract for a model that carries none, by inspecting and running it.
+    """Settle a contract: the fields that are known, and the others worked out.
 
-    See the module docstring for the method and its cost. Fields in ``given`` are not
-    inferred (they are still returned as defaults; the caller applies them); a given
+    See the module docstring for the method and its cost. Fields in ``known`` (stated
+    by the model, or given by the user) are taken as they are and not inferred; a known
     ``alignment`` is used by the halo probe.
 
     Args:
         backend: The loaded model.
-        given: Contract fields the user fixed.
+        known: Contract fields already settled.
+        graph_source: The ONNX file (or bytes) to bound the halo from; None: probe only.
+        image: The image input (default: the backend's first input).
 
     Returns:
-        ``(contract, inferred)``: the contract and, per field, how it was obtained.
+        ``(contract, inferred)``: the contract and, per field, how it was obtained
+        (``"known"`` for the fields of ``known``; callers say where they came from).
 
     Raises:
-        ModelError: If the model runs on no probe size.
+        ModelError: If the model runs on no probe size, or the known fields are invalid.
+        ConfigError: If a known field (an override) is invalid.
     """
-    given = given or {}
+    known = dict(known or {})
+    image = image or backend.inputs[0]
     inferred = dict.fromkeys(FIELDS, "default")
-    values: dict[str, Any] = {"layout": backend.layout}
+    inferred.update(dict.fromkeys(known, "known"))
+    values: dict[str, Any] = {}
 
-    layout_guess, why = detect_layout(backend.input_shape)
-    inferred["layout"] = why if layout_guess else f"assumed {backend.layout}: {why}"
+    if "layout" not in known:
+        layout_guess, why = detect_layout(image.shape)
+        values["layout"] = backend.layout
+        inferred["layout"] = why if layout_guess else f"assumed {backend.layout}: {why}"
 
-    channels = backend.input_shape[channel_axis(backend.layout)]
-    if "channels" in given:
-        values["channels"] = given["channels"]
-    elif channels is None:
-        values["channels"] = 1
-        inferred["channels"] = "assumed 1: the channel dimension is dynamic"
-    else:
-        values["channels"] = channels
-        inferred["channels"] = f"input shape {format_shape(backend.input_shape)}"
+    if "channels" not in known:
+        channels = image.shape[channel_axis(backend.layout)]
+        if channels is None:
+            values["channels"] = 1
+            inferred["channels"] = "assumed 1: the channel dimension is dynamic"
+        else:
+            values["channels"] = channels
+            inferred["channels"] = f"input shape {format_shape(image.shape)}"
 
-    probe = _Probe(backend, values["channels"])
-    fixed = backend.fixed_tile()
-    if "alignment" in given:
-        alignment = int(given["alignment"])
-    elif fixed is not None:
-        alignment = 1
-        inferred["alignment"] = f"1: fixed input size {fixed[0]}x{fixed[1]}"
-    else:
-        alignment, inferred["alignment"] = _probe_alignment(probe)
-    values["alignment"] = alignment
+    probe_fields = {"alignment", "halo", "output", "classes"} - set(known)
+    if probe_fields:
+        channels = known.get("channels", values.get("channels", 1))
+        probe = _Probe(backend, image, channels)
+        fixed = backend.accepted(image.name).fixed_tile
+        if "alignment" in known:
+            alignment = int(known["alignment"])
+        elif fixed is not None:
+            alignment = 1
+            inferred["alignment"] = f"1: fixed input size {fixed[0]}x{fixed[1]}"
+        else:
+            alignment, inferred["alignment"] = _probe_alignment(probe)
+        if "alignment" not in known:
+            values["alignment"] = alignment
 
-    sample = None
-    if "halo" not in given:
-        values["halo"], inferred["halo"], sample = _probe_halo(probe, alignment, fixed)
-
-    output = given.get("output")
-    if output is None or "classes" not in given:
-        if sample is None:
-            sample = probe.run(probe.image(*(fixed or _probe_sizes(alignment)[0])))
-        k = sample.shape[2]
-        if output is None:
-            output, inferred["output"] = _output_kind(sample)
-            values["output"] = output
-        if "classes" not in given:
-            # Softmax and logits outputs have a background channel; sigmoids score each
-            # foreground class on its own.
-            n = 1 if k == 1 else (k if output == "sigmoid" else k - 1)
-            names = ["foreground"] if n == 1 else [f"class{i}" for i in range(1, n + 1)]
-            values["classes"] = ("background", *names)
-            inferred["classes"] = f"{k} output channel(s), {output}"
-    return ModelContract(**values), inferred
+        sample = None
+        if "halo" not in known:
+            values["halo"], inferred["halo"], sample = _infer_halo(
+                probe, alignment, fixed, graph_source
+            )
+        output = known.get("output")
+        if output is None or "classes" not in known:
+            if sample is None:
+                sample = probe.run(probe.image(*(fixed or _probe_sizes(alignment)[0])))
+            k = sample.shape[2]
+            if output is None:
+                output, inferred["output"] = _output_kind(sample)
+                values["output"] = output
+            if "classes" not in known:
+                # Softmax and logits outputs have a background channel; sigmoids score
+                # each foreground class on its own.
+                n = 1 if k == 1 else (k if output == "sigmoid" else k - 1)
+                names = ["foreground"] if n == 1 else [f"class{i}" for i in range(1, n + 1)]
+                values["classes"] = ("background", *names)
+                inferred["classes"] = f"{k} output channel(s), {output}"
+    try:
+        contract = ModelContract(**{**values, **known})
+    except (ModelError, TypeError) as exc:
+        raise ConfigError(f"invalid override: {exc}") from exc
+    return contract, inferred
 
 
 class _Probe:
     """Runs a model on seeded random images of any size, in its layout and batch."""
 
-    def __init__(self, backend: Backend, channels: int) -> None:
+    def __init__(self, backend: Backend, image: TensorSpec, channels: int) -> None:
         self.backend = backend
+        self.input = image
+        # The prediction is the first output, as for `Model.prediction`.
+        self.output = backend.outputs[0]
         self.channels = channels
-        self.batch = backend.max_batch() or 1
+        self.batch = backend.accepted(image.name).fixed_batch or 1
         self.rng = np.random.default_rng(0)
 
-    def image(self, h: int, w: int) -> np.ndarray:
-        """A random image in [0, 1), as (h, w, c); see `run`."""
-        return self.rng.random((h, w, self.channels), dtype=np.float32)
+    def image(self, h: int, w: int, kind: int = 0) -> np.ndarray:
+        """A random image of size (h, w, c) with values in [0, 1].
+
+        ``kind`` 0 is uniform noise; 1 smooth blobs (cell-like, mostly dark with bright
+        spots), 2 noise around mid-grey: different images wake different units of a
+        trained network.
+        """
+        shape = (h, w, self.channels)
+        if kind == 0:
+            return self.rng.random(shape, dtype=np.float32)
+        if kind == 1:
+            from scipy.ndimage import gaussian_filter
+
+            blobs = gaussian_filter(self.rng.random(shape, dtype=np.float32), (4, 4, 0))
+            lo, hi = float(blobs.min()), float(blobs.max())
+            return ((blobs - lo) / max(hi - lo, 1e-6)).astype(np.float32)
+        noise = 0.5 + 0.1 * self.rng.standard_normal(shape, dtype=np.float32)
+        return np.clip(noise, 0.0, 1.0)
 
     def run(self, image: np.ndarray) -> np.ndarray:
         """Run an (h, w, c) image; returns the output of the first batch item as (h, w, k)."""
         x = image if self.backend.layout == "NHWC" else image.transpose(2, 0, 1)
         batch = np.ascontiguousarray(np.broadcast_to(x, (self.batch, *x.shape)))
-        out = self.backend.run(batch)[0]
+        out = run_prediction(self.backend, self.input, self.output, batch)[0]
         return np.array(out if self.backend.layout == "NHWC" else out.transpose(1, 2, 0))
 
 
@@ -318,50 +444,105 @@ def _probe_sizes(alignment: int) -> list[tuple[int, int]]:
 
 def _probe_halo(
     probe: _Probe, alignment: int, fixed: tuple[int, int] | None
-) -> tuple[int, str, np.ndarray]:
-    """Measure the receptive-field radius.
+) -> tuple[int, str, np.ndarray, bool]:
+    """Measure the influence radius of impulses on `PROBE_IMAGES` random images.
 
     Returns:
-        ``(halo, how, sample)``: the halo rounded up to the alignment, how it was found,
-        and the output of the unchanged probe image (for `_output_kind`).
+        ``(radius, how, sample, bounded)``: the largest radius seen, how it was found,
+        the output of an unchanged probe image (for `_output_kind`), and False when the
+        response reached the border of the largest probe (the radius is then only a
+        lower bound).
     """
     sizes = [fixed] if fixed is not None else _probe_sizes(alignment)
     offsets = _impulse_offsets(alignment)
     grid = max(alignment, 16)
     radius = 0
+    sample = None
     for h, w in sizes:
-        image = probe.image(h, w)
-        base = probe.run(image)
-        # Any backend noise between identical runs (none on the CPU) is not influence.
-        noise = float(np.abs(probe.run(image) - base).max())
-        cy, cx = (h // 2) // grid * grid, (w // 2) // grid * grid
         radius, reached_border = 0, False
-        for i, d in enumerate(offsets):
-            y, x = min(cy + d, h - 1), min(cx + d, w - 1)
-            hit = image.copy()
-            hit[y, x, :] += IMPULSE if i % 2 == 0 else -IMPULSE
-            changed = (np.abs(probe.run(hit) - base) > noise).any(axis=2)
-            rows, cols = np.nonzero(changed.any(axis=1))[0], np.nonzero(changed.any(axis=0))[0]
-            if rows.size == 0:
-                continue
-            top, bottom, left, right = rows[0], rows[-1], cols[0], cols[-1]
-            reached_border |= top == 0 or left == 0 or bottom == h - 1 or right == w - 1
-            radius = max(radius, y - top, bottom - y, x - left, right - x)
+        for kind in range(PROBE_IMAGES):
+            image = probe.image(h, w, kind)
+            base = probe.run(image)
+            sample = base if sample is None else sample
+            # Any backend noise between identical runs (none on the CPU) is not influence.
+            noise = float(np.abs(probe.run(image) - base).max())
+            cy, cx = (h // 2) // grid * grid, (w // 2) // grid * grid
+            for i, d in enumerate(offsets):
+                y, x = min(cy + d, h - 1), min(cx + d, w - 1)
+                hit = image.copy()
+                hit[y, x, :] += IMPULSE if i % 2 == 0 else -IMPULSE
+                changed = (np.abs(probe.run(hit) - base) > noise).any(axis=2)
+                rows = np.nonzero(changed.any(axis=1))[0]
+                cols = np.nonzero(changed.any(axis=0))[0]
+                if rows.size == 0:
+                    continue
+                top, bottom, left, right = rows[0], rows[-1], cols[0], cols[-1]
+                reached_border |= top == 0 or left == 0 or bottom == h - 1 or right == w - 1
+                radius = max(radius, int(max(y - top, bottom - y, x - left, right - x)))
         if not reached_border:
-            halo = -(-int(radius) // alignment) * alignment
-            return (
-                halo,
-                f"{halo}: impulse response radius {radius} on a {h}x{w} probe, "
-                f"rounded up to a multiple of {alignment}",
-                base,
-            )
-    halo = -(-int(radius) // alignment) * alignment
+            how = f"impulse response radius {radius} on {PROBE_IMAGES} {h}x{w} probes"
+            assert sample is not None
+            return radius, how, sample, True
+    how = (
+        f"halo >= {radius}: the impulse response reached the border of a {h}x{w} probe, "
+        f"could not bound it"
+    )
+    assert sample is not None
+    return radius, how, sample, False
+
+
+def _infer_halo(
+    probe: _Probe,
+    alignment: int,
+    fixed: tuple[int, int] | None,
+    graph_source: str | os.PathLike[str] | bytes | None,
+) -> tuple[int, str, np.ndarray]:
+    """The halo: the graph's upper bound, cross-checked by the impulse probe.
+
+    Returns:
+        ``(halo, how, sample)``: the halo rounded up to the alignment, how it was found
+        (which of the two decided), and a probe output (for `_output_kind`).
+    """
+    radius, how_probe, sample, bounded = _probe_halo(probe, alignment, fixed)
+    bound, why = _graph_bound(graph_source, probe.input.name)
+    if bound is None:
+        halo = _round_up(radius, alignment)
+        return halo, f"{halo}: {how_probe} (no graph bound: {why})", sample
+    if radius > bound:
+        # The graph analysis missed a path: trust what was measured, and say so.
+        halo = _round_up(radius, alignment)
+        return (
+            halo,
+            f"{halo}: {how_probe}, above the graph bound {bound} ({why}): the probe decided",
+            sample,
+        )
+    halo = _round_up(bound, alignment)
+    check = how_probe if bounded else f"probe: {how_probe}"
     return (
         halo,
-        f"{halo}: halo >= {radius}: the impulse response reached the border of a "
-        f"{h}x{w} probe, could not bound it",
-        base,
+        f"{halo}: {why}, rounded up to a multiple of {alignment}; "
+        f"impulse cross-check: {check}",
+        sample,
     )
+
+
+def _graph_bound(
+    source: str | os.PathLike[str] | bytes | None, input_name: str
+) -> tuple[int | None, str]:
+    if source is None:
+        return None, "no ONNX graph"
+    from .onnxgraph import read_graph, receptive_field
+
+    try:
+        graph = read_graph(source)
+    except ModelError as exc:  # e.g. a compiled engine: only the probe can tell
+        return None, str(exc)
+    found = receptive_field(graph, input_name)
+    return found.radius, found.reason
+
+
+def _round_up(n: int, a: int) -> int:
+    return -(-int(n) // a) * a
 
 
 def _output_kind(sample: np.ndarray) -> tuple[str, str]:

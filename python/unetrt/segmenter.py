@@ -1,37 +1,49 @@
 """`Segmenter`: the whole pipeline, for one frame (live use) or a whole stack.
 
 reader -> normalizer -> tiler -> backend -> stitcher -> masks / post-processing -> writer.
-Each stage lives in its own module; this one only wires them and owns the batch loop,
-which packs tiles from consecutive frames into one engine call so that whole-frame
-tiles of small frames still run in batches.
+The stages and the executor that drives them live in `unetrt.pipeline`, masks in
+`unetrt.masks`; this module holds the user-facing API: the options (`SegmenterSpec`,
+picklable, so that a Dask worker can build the same Segmenter), the per-video streams,
+and whole-stack runs with their outputs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import tiling
+from . import masks, tiling
 from .contract import ModelContract
-from .errors import ConfigError, InputError, ModelError, OutputError
+from .errors import ConfigError, OutputError
 from .io import FrameSource, StackWriter, open_frames, prefetch
 from .model import Model, open_model
-from .normalize import Affine, Normalization, Statistics, prepare_frame, sample_statistics
+from .models import BUILTIN_MODELS, DEFAULT_MODEL
+from .normalize import Normalization, Statistics
+from .pipeline import (
+    STITCH_MODES,
+    CpuExecutor,
+    ExecutorConfig,
+    FrameChecks,
+    TilePolicy,
+    VideoStream,
+    check_shape,
+    fit_statistics,
+)
 from .postprocess import PostProcess
 
 #: Largest tile (in pixels) that ``tile="auto"`` sends to the engine in one piece.
 #: 2048 x 2048 keeps a 32-filter U-Net's activations within a few GiB of memory.
 DEFAULT_MAX_TILE_PIXELS = 2048 * 2048
 
-STITCH_MODES = ("crop", "blend")
+__all__ = ["STITCH_MODES", "SegmentSummary", "Segmenter", "SegmenterSpec", "VideoStream"]
 
 
 @dataclass(frozen=True)
@@ -53,11 +65,6 @@ class SegmentSummary:
             f"segmented {self.frames} frames in {self.seconds:.1f} s "
             f"({self.frames_per_second:.2f} frames/s) -> {self.output}"
         )
-
-
-def default_model_path() -> Path:
-    """Path of the model shipped inside the package (used when no model is given)."""
-    return Path(__file__).resolve().parent / "models" / "default.onnx"
 
 
 def parse_tile(tile: str | int | tuple[int, int]) -> tuple[int, int] | None:
@@ -82,19 +89,66 @@ def parse_tile(tile: str | int | tuple[int, int]) -> tuple[int, int] | None:
     return (int(size[0]), int(size[1]))
 
 
-@dataclass
-class _FrameJob:
-    """A frame in flight: its tiles are being run and stitched into `probabilities`."""
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """Everything that makes a `Segmenter`, as plain values: small, frozen, picklable.
 
-    frame: np.ndarray
-    plan: tiling.TilePlan
-    affine: Affine
-    probabilities: np.ndarray
-    weight_sum: np.ndarray | None
-    remaining: int = field(init=False)
+    ``Segmenter(...).spec`` returns it and ``spec.build()`` makes an equal Segmenter, in
+    this process or another one (a Dask worker). A model path is kept absolute, so a
+    worker started in another folder finds the same file; a built-in model stays a name.
+    The fields are the `Segmenter` arguments of the same names.
+    """
 
-    def __post_init__(self) -> None:
-        self.remaining = self.plan.n_tiles
+    model: str = DEFAULT_MODEL
+    backend: str = "auto"
+    device: str = "cpu"
+    tile: str | int | tuple[int, int] = "auto"
+    halo: str | int = "auto"
+    batch: int = 1
+    stitch: str = "crop"
+    normalization: Normalization | tuple[tuple[str, Any], ...] | None = None
+    threshold: float | None = None
+    threads: int | None = None
+    max_tile_pixels: int = DEFAULT_MAX_TILE_PIXELS
+    postprocess: PostProcess = PostProcess()
+    nan: float | None = None
+
+    @classmethod
+    def of(cls, model: str | os.PathLike[str] | None = None, **options: Any) -> SegmenterSpec:
+        """The spec of ``Segmenter(model, **options)``; options are checked by `build`."""
+        if model is None:
+            name = DEFAULT_MODEL
+        elif isinstance(model, str) and model in BUILTIN_MODELS and not Path(model).exists():
+            name = model
+        else:
+            name = os.path.abspath(os.fspath(model))
+        norm = options.get("normalization")
+        if isinstance(norm, Mapping):  # a partial override, kept hashable and picklable
+            options["normalization"] = tuple(sorted(norm.items()))
+        if options.get("postprocess") is None:
+            options.pop("postprocess", None)
+        return cls(model=name, **options)
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of `Segmenter` besides the model."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del values["model"]
+        if isinstance(self.normalization, tuple):
+            values["normalization"] = dict(self.normalization)
+        return values
+
+    def build(self) -> Segmenter:
+        """A new Segmenter with these options (it opens the model)."""
+        return Segmenter(self.model, **self.options())
+
+
+def default_threads() -> int:
+    """The CPUs this process may use (its affinity mask, as a Dask worker or a batch
+    job is given), the default thread budget."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class Segmenter:
@@ -106,7 +160,8 @@ class Segmenter:
         >>> seg.segment("video.tif", "video_mask.tif")  # offline: a whole stack
 
     Args:
-        model: Path to an ONNX model; None uses the default model shipped with unetrt.
+        model: Path to an ONNX model, or the name of a built-in model (``"default"``);
+            None uses the default model.
         backend: ``"auto"`` or ``"onnxruntime"``.
         device: ``"cpu"`` or ``"cuda:N"``.
         tile: ``"auto"`` (fewest, largest tiles: a whole frame when it fits), a size
@@ -118,9 +173,13 @@ class Segmenter:
         normalization: Overrides the model's normalization: a whole `Normalization`,
             or a dict of the fields to change (e.g. ``{"scope": "stack"}``).
         threshold: Overrides the model's foreground threshold.
-        threads: Threads for the engine and the C++ core (None: library defaults).
+        threads: The thread budget of this Segmenter, shared by the engine (ONNX
+            Runtime's intra-op threads) and the C++ core; None: the CPUs this process
+            may use.
         max_tile_pixels: Memory budget for ``tile="auto"``.
         postprocess: Optional mask post-processing.
+        nan: What NaN pixels of floating-point frames read as; None (default): a frame
+            holding NaN is an error naming the frame.
     """
 
     def __init__(
@@ -133,20 +192,40 @@ class Segmenter:
         halo: str | int = "auto",
         batch: int = 1,
         stitch: str = "crop",
-        normalization: Normalization | dict[str, Any] | None = None,
+        normalization: Normalization | Mapping[str, Any] | None = None,
         threshold: float | None = None,
         threads: int | None = None,
         max_tile_pixels: int = DEFAULT_MAX_TILE_PIXELS,
         postprocess: PostProcess | None = None,
+        nan: float | None = None,
     ) -> None:
         if batch < 1:
             raise ConfigError(f"batch must be >= 1, got {batch}")
         if stitch not in STITCH_MODES:
             raise ConfigError(f"stitch must be one of {STITCH_MODES}, got {stitch!r}")
-        if threads is not None and threads < 1:
+        if threads is not None and (isinstance(threads, bool) or threads < 1):
             raise ConfigError(f"threads must be >= 1, got {threads}")
         if max_tile_pixels < 1:
             raise ConfigError(f"max_tile_pixels must be positive, got {max_tile_pixels}")
+        if nan is not None and not np.isfinite(nan):
+            raise ConfigError(f"nan must be a finite number, got {nan!r}")
+        if isinstance(normalization, tuple):  # the form a SegmenterSpec stores
+            normalization = dict(normalization)
+        self._spec = SegmenterSpec.of(
+            model,
+            backend=backend,
+            device=device,
+            tile=tile,
+            halo=halo,
+            batch=batch,
+            stitch=stitch,
+            normalization=normalization,
+            threshold=threshold,
+            threads=threads,
+            max_tile_pixels=max_tile_pixels,
+            postprocess=postprocess,
+            nan=nan,
+        )
         overrides: dict[str, object] = {}
         if halo != "auto":
             try:
@@ -157,46 +236,65 @@ class Segmenter:
             overrides["normalization"] = normalization
         if threshold is not None:
             overrides["threshold"] = float(threshold)
-        if model is None:
-            model = default_model_path()
-            if not model.is_file():
-                raise ModelError("no model given and this unetrt build ships no default model")
+        self.threads = threads or default_threads()
         self.model: Model = open_model(
-            model, backend=backend, device=device, threads=threads, overrides=overrides
+            model, backend=backend, device=device, threads=self.threads, overrides=overrides
         )
         contract = self.model.contract
-        if isinstance(normalization, dict):  # partial override of the model's own
+        if isinstance(normalization, Mapping):  # partial override of the model's own
             changed = Normalization.from_dict({**contract.normalization.to_dict(), **normalization})
             contract = contract.replace(normalization=changed)
         self._contract = contract
-        self.batch = batch
-        self.stitch = stitch
-        self.threads = threads or 0
         self.postprocess = postprocess or PostProcess()
-        self._tile = parse_tile(tile)
-        self._max_tile_pixels = max_tile_pixels
-        self._plans: dict[tuple[int, int], tiling.TilePlan] = {}
-        self._stack_stats: Statistics | None = None
-        fixed_batch = self.model.backend.max_batch()
-        if fixed_batch is not None:
-            if batch not in (1, fixed_batch):
+        accepted = self.model.accepted
+        self.batch = batch
+        if accepted.fixed_batch is not None:
+            if batch not in (1, accepted.fixed_batch):
                 raise ConfigError(
-                    f"this model runs batches of exactly {fixed_batch} tiles, got batch {batch}"
+                    f"this model runs batches of exactly {accepted.fixed_batch} tiles, "
+                    f"got batch {batch}"
                 )
-            self.batch = fixed_batch  # partial batches are padded
+            self.batch = accepted.fixed_batch  # partial batches are padded
         if self.postprocess.label and self.classes > 1:
             raise ConfigError(
                 f"instance labels need a one-channel foreground model; this model has "
                 f"{self.classes} classes"
             )
-        fixed = self.model.backend.fixed_tile()
-        if fixed is not None and self._tile is not None and self._tile != fixed:
+        wanted = parse_tile(tile)
+        fixed = accepted.fixed_tile
+        if fixed is not None and wanted is not None and wanted != fixed:
             raise ConfigError(
                 f"this model only accepts {fixed[0]}x{fixed[1]} tiles, "
-                f"got tile {self._tile[0]}x{self._tile[1]}"
+                f"got tile {wanted[0]}x{wanted[1]}"
             )
+        self.stitch = stitch
+        self._checks = FrameChecks(channels=contract.channels, nan=nan)
+        self._tiles = TilePolicy(
+            alignment=contract.alignment,
+            halo=contract.halo,
+            tile=wanted,
+            max_tile_pixels=max_tile_pixels,
+            fixed_tile=fixed,
+        )
+        self._executor = CpuExecutor(
+            self.model,
+            ExecutorConfig(
+                contract=contract,
+                tiles=self._tiles,
+                checks=self._checks,
+                batch=self.batch,
+                stitch=stitch,
+                threads=self.threads,
+            ),
+        )
+        self._live = VideoStream("frames")
 
     # ------------------------------------------------------------------ properties
+    @property
+    def spec(self) -> SegmenterSpec:
+        """The options this Segmenter was made with; ``spec.build()`` makes another."""
+        return self._spec
+
     @property
     def contract(self) -> ModelContract:
         """The model contract in force (read from the model, inferred, or overridden)."""
@@ -205,232 +303,94 @@ class Segmenter:
     @property
     def classes(self) -> int:
         """Number of output channels: 1 for a foreground probability, K for K classes."""
-        channels = self.model.backend.output_channels
-        return channels if channels is not None else 1
+        return self.model.output_channels or 1
 
-    # ------------------------------------------------------------------ planning
     def plan_for(self, height: int, width: int) -> tiling.TilePlan:
-        """The tile plan used for frames of this size (cached)."""
-        key = (height, width)
-        plan = self._plans.get(key)
-        if plan is None:
-            c = self.contract
-            fixed = self.model.backend.fixed_tile()
-            if fixed is not None:
-                max_tile, is_fixed = fixed, True
-            elif self._tile is not None:
-                max_tile, is_fixed = self._tile, False
-            else:
-                side = int(self._max_tile_pixels**0.5)
-                max_tile, is_fixed = (side, side), False
-                if _align_up(height, c.alignment) * _align_up(width, c.alignment) <= (
-                    self._max_tile_pixels
-                ):
-                    max_tile = (_align_up(height, c.alignment), _align_up(width, c.alignment))
-            plan = tiling.plan_tiles(
-                height,
-                width,
-                alignment=c.alignment,
-                halo=c.halo,
-                max_tile=max_tile,
-                fixed=is_fixed,
-            )
-            self._plans[key] = plan
-        return plan
+        """The tile plan used for frames of this size."""
+        return self._tiles.plan(height, width)
 
-    # ------------------------------------------------------------------ normalization
-    def fit_stack(self, frames: FrameSource | Sequence[np.ndarray]) -> None:
-        """Fix per-stack normalization statistics from evenly spaced frames of a stack.
-
-        Only needed for models whose normalization scope is ``"stack"``; `segment` does
-        it itself. Frames are read one at a time, so an open `unetrt.io.FrameSource`
-        works as well as a list.
+    # ------------------------------------------------------------------ streams
+    def stream(
+        self,
+        stats: Statistics | None = None,
+        *,
+        name: str = "frames",
+        source: FrameSource | Sequence[np.ndarray] | None = None,
+    ) -> VideoStream:
+        """A new per-video stream, for live use or one video among several.
 
         Args:
-            frames: The stack: anything with ``len()`` and indexing (or ``read(i)``).
+            stats: Stack statistics for a stack-scope normalization, if known (e.g.
+                computed once by a Dask client and sent to the workers).
+            name: The video's name in messages.
+            source: The whole video, to compute the statistics from (`stack_statistics`)
+                when the normalization needs them and ``stats`` is None.
         """
-        read = frames.read if isinstance(frames, FrameSource) else frames.__getitem__
-        self._stack_stats = sample_statistics(
-            lambda i: self._check_frame(read(i)), len(frames), self.contract.normalization
+        describe = source.describe_frame if isinstance(source, FrameSource) else None
+        if isinstance(source, FrameSource):
+            name = source.name
+        if stats is None and source is not None:
+            stats = self.stack_statistics(source)
+        return VideoStream(name, stats, describe)
+
+    def stack_statistics(self, frames: FrameSource | Sequence[np.ndarray]) -> Statistics | None:
+        """Per-stack normalization statistics of a video, if the model needs them.
+
+        Computed from evenly spaced frames, read one at a time, so an open
+        `unetrt.io.FrameSource` works as well as a list.
+
+        Returns:
+            The statistics, or None when the normalization is per frame.
+        """
+        if isinstance(frames, FrameSource):
+            return fit_statistics(
+                frames.read, len(frames), self.contract, self._checks, frames.describe_frame
+            )
+        listed = frames
+        return fit_statistics(
+            lambda i: listed[i], len(listed), self.contract, self._checks, lambda i: f"frame {i}"
         )
 
-    def _check_shape(self, shape: tuple[int, ...]) -> None:
-        channels = self.contract.channels
-        if (channels == 1 and len(shape) != 2) or (
-            channels > 1 and (len(shape) != 3 or shape[-1] != channels)
-        ):
-            expected = "(H, W)" if channels == 1 else f"(H, W, {channels})"
-            raise InputError(
-                f"the model takes frames of shape {expected} ({channels} channel"
-                f"{'s' if channels > 1 else ''}), got frames of shape {tuple(shape)}"
-            )
+    def fit_stack(self, frames: FrameSource | Sequence[np.ndarray]) -> None:
+        """Fix the statistics that `predict_frame` / `segment_frame` use (stack scope).
 
-    def _check_frame(self, frame: np.ndarray) -> np.ndarray:
-        frame = np.asarray(frame)
-        if frame.ndim == 3 and frame.shape[-1] == 1 and self.contract.channels == 1:
-            frame = frame[..., 0]
-        self._check_shape(frame.shape)
-        return frame
+        Only needed for models whose normalization scope is ``"stack"``; `segment` and
+        streams opened with a ``source`` do it themselves.
+        """
+        self._live.stats = self.stack_statistics(frames)
 
     # ------------------------------------------------------------------ inference
-    def predict_frames(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    def predict_frames(
+        self, frames: Iterable[np.ndarray], stream: VideoStream | None = None
+    ) -> Iterator[np.ndarray]:
         """Foreground (or class) probabilities for each frame, in order.
 
-        Tiles of consecutive frames share engine calls (``batch`` tiles per call), so at
-        most about ``batch`` frames are held in memory whatever the stack length.
+        Args:
+            frames: The frames, in order.
+            stream: The video they belong to; default the Segmenter's own live stream.
 
         Yields:
             float32 arrays (H, W) for one-channel models, (H, W, K) for K classes.
         """
-        layout = self.contract.layout
-        pending: deque[_FrameJob] = deque()
-        slots: list[tuple[_FrameJob, int]] = []
-        buffer: np.ndarray | None = None
+        return self._executor.run(stream or self._live, frames)
 
-        spec = self.contract.normalization
-        needs_stats = spec.scope == "stack" and spec.method not in ("none", "range")
-        if needs_stats and self._stack_stats is None:
-            raise ConfigError(
-                "this model normalizes per stack: call fit_stack() with the stack "
-                "first, or use segment() which does it"
-            )
-        for raw in frames:
-            # The same two steps as training: illumination correction, then statistics.
-            frame, affine = prepare_frame(self._check_frame(raw), spec, self._stack_stats)
-            plan = self.plan_for(frame.shape[0], frame.shape[1])
-            job = self._new_job(frame, plan, affine)
-            pending.append(job)
-            if buffer is None or buffer.shape[1:] != self._tile_shape(plan):
-                if slots:  # a frame of another size: finish what is batched first
-                    self._run_batch(buffer, slots, layout)  # type: ignore[arg-type]
-                    slots.clear()
-                buffer = np.empty((self.batch, *self._tile_shape(plan)), np.float32)
-            for index in range(plan.n_tiles):
-                tiling.extract_tiles(
-                    frame,
-                    plan,
-                    slice(index, index + 1),
-                    job.affine,
-                    layout=layout,
-                    out=buffer[len(slots) : len(slots) + 1],
-                    threads=self.threads,
-                )
-                slots.append((job, index))
-                if len(slots) == self.batch:
-                    self._run_batch(buffer, slots, layout)
-                    slots.clear()
-            while pending and pending[0].remaining == 0:
-                yield self._finish(pending.popleft())
-        if slots:
-            assert buffer is not None
-            self._run_batch(buffer, slots, layout)
-        while pending:
-            yield self._finish(pending.popleft())
-
-    def _tile_shape(self, plan: tiling.TilePlan) -> tuple[int, int, int]:
-        c = self.contract.channels
-        if self.contract.layout == "NHWC":
-            return (plan.tile_h, plan.tile_w, c)
-        return (c, plan.tile_h, plan.tile_w)
-
-    def _new_job(self, frame: np.ndarray, plan: tiling.TilePlan, affine: Affine) -> _FrameJob:
-        shape = (frame.shape[0], frame.shape[1], self.classes)
-        if self.stitch == "crop":
-            return _FrameJob(frame, plan, affine, np.empty(shape, np.float32), None)
-        return _FrameJob(
-            frame,
-            plan,
-            affine,
-            np.zeros(shape, np.float32),
-            np.zeros(shape[:2], np.float32),
-        )
-
-    def _run_batch(
-        self, buffer: np.ndarray, slots: list[tuple[_FrameJob, int]], layout: str
-    ) -> None:
-        n = len(slots)
-        # A model with a fixed batch size gets full batches; the padding rows are ignored.
-        rows = n if self.model.backend.max_batch() is None else self.batch
-        outputs = self._activate(self.model.backend.run(buffer[:rows])[:n], layout)
-        # Stitch runs of consecutive tiles of the same frame with one call each.
-        start = 0
-        while start < n:
-            job, first = slots[start]
-            stop = start + 1
-            while stop < n and slots[stop][0] is job:
-                stop += 1
-            tiles = slice(first, first + (stop - start))
-            if job.weight_sum is None:
-                tiling.stitch_crop(
-                    outputs[start:stop],
-                    job.plan,
-                    tiles,
-                    job.probabilities,
-                    layout=layout,
-                    threads=self.threads,
-                )
-            else:
-                tiling.stitch_blend(
-                    outputs[start:stop],
-                    job.plan,
-                    tiles,
-                    self._taper(job.plan),
-                    job.probabilities,
-                    job.weight_sum,
-                    layout=layout,
-                    threads=self.threads,
-                )
-            job.remaining -= stop - start
-            start = stop
-
-    def _activate(self, outputs: np.ndarray, layout: str) -> np.ndarray:
-        if self.contract.output != "logits":
-            return outputs
-        from scipy.special import expit, softmax
-
-        axis = -1 if layout == "NHWC" else 1
-        if outputs.shape[axis] == 1:
-            return expit(outputs)
-        return softmax(outputs, axis=axis)
-
-    def _taper(self, plan: tiling.TilePlan) -> np.ndarray:
-        return tiling.taper_weights(plan.tile_h, plan.tile_w)
-
-    def _finish(self, job: _FrameJob) -> np.ndarray:
-        if job.weight_sum is not None:
-            tiling.finish_blend(job.probabilities, job.weight_sum, threads=self.threads)
-        probs = job.probabilities
-        return probs[..., 0] if probs.shape[-1] == 1 else probs
-
-    def predict_frame(self, frame: np.ndarray) -> np.ndarray:
+    def predict_frame(self, frame: np.ndarray, stream: VideoStream | None = None) -> np.ndarray:
         """Probabilities for one frame: float32 (H, W), or (H, W, K) for K classes."""
-        return next(iter(self.predict_frames([frame])))
+        return next(iter(self.predict_frames([frame], stream)))
 
     def to_mask(self, probabilities: np.ndarray) -> np.ndarray:
-        """Turn probabilities into a mask and apply post-processing.
+        """Turn probabilities into a mask and apply post-processing (`unetrt.masks.to_mask`)."""
+        return masks.to_mask(probabilities, self.contract, self.postprocess, threads=self.threads)
 
-        Returns:
-            uint8 0/255 for one-channel models; the class index for softmax classes;
-            for several sigmoid channels, 1 + the most probable channel where it passes
-            the threshold, else 0; uint16 instance labels when post-processing labels.
-        """
-        threads = self.threads
-        if probabilities.ndim == 2:
-            mask = tiling.threshold_mask(probabilities, self.contract.threshold, threads=threads)
-        else:
-            mask = tiling.argmax_mask(probabilities, threads=threads)
-            if self.contract.output == "sigmoid":  # independent channels, no background
-                passed = probabilities.max(axis=-1) > self.contract.threshold
-                mask = np.where(passed, mask + 1, 0).astype(np.uint8)
-        return self.postprocess.apply(mask) if self.postprocess.active else mask
-
-    def segment_frame(self, frame: np.ndarray) -> np.ndarray:
+    def segment_frame(self, frame: np.ndarray, stream: VideoStream | None = None) -> np.ndarray:
         """Mask for one frame (see `to_mask`)."""
-        return self.to_mask(self.predict_frame(frame))
+        return self.to_mask(self.predict_frame(frame, stream))
 
-    def segment_frames(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    def segment_frames(
+        self, frames: Iterable[np.ndarray], stream: VideoStream | None = None
+    ) -> Iterator[np.ndarray]:
         """Masks for a stream of frames, in order (see `to_mask`)."""
-        for probs in self.predict_frames(frames):
+        for probs in self.predict_frames(frames, stream):
             yield self.to_mask(probs)
 
     # ------------------------------------------------------------------ whole stacks
@@ -464,9 +424,8 @@ class Segmenter:
             out_path = Path(output) if output is not None else default_output(stack.path)
             prob_path = Path(probabilities) if probabilities is not None else None
             _check_outputs(stack.path, out_path, prob_path)
-            if self.contract.normalization.scope == "stack":
-                self.fit_stack(stack)
-            self._check_shape(stack.frame_shape)
+            check_shape(stack.frame_shape, self.contract.channels)
+            stream = self.stream(source=stack)
             height, width = stack.frame_shape[:2]
             mask_dtype = np.uint16 if self.postprocess.label else np.uint8
             with ExitStack() as outputs:
@@ -490,7 +449,7 @@ class Segmenter:
                     )
                 bar = outputs.enter_context(_progress(len(stack), progress, stack.name))
                 count = 0
-                for probs in self.predict_frames(prefetch(iter(stack))):
+                for probs in self.predict_frames(prefetch(iter(stack)), stream):
                     if probs_out is not None:
                         probs_out.write(probs)
                     mask_writer.write(self.to_mask(probs))
@@ -500,7 +459,7 @@ class Segmenter:
 
     def close(self) -> None:
         """Release the engine."""
-        self.model.backend.close()
+        self.model.close()
 
     def __enter__(self) -> Segmenter:
         return self
@@ -526,10 +485,6 @@ def _check_outputs(source: Path, output: Path, probabilities: Path | None) -> No
             raise OutputError(f"output {path} would overwrite the input")
     if probabilities is not None and probabilities.resolve() == output.resolve():
         raise OutputError(f"--probabilities and the mask output are the same file: {output}")
-
-
-def _align_up(value: int, alignment: int) -> int:
-    return -(-value // alignment) * alignment
 
 
 def _progress(total: int, enabled: bool, name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Tiles in, tiles out: planning, extraction with normalization, stitching, masks.
+"""Tiles in, tiles out: planning, extraction with normalization, stitching.
 
 Validated wrappers over the C++ core (``unetrt._core``). The semantics are in
 docs/ARCHITECTURE.md, "Tiling semantics": the frame is reflect-padded at the bottom
@@ -20,10 +20,9 @@ from typing import TypeAlias
 import numpy as np
 
 from . import _core
+from .contract import LAYOUTS
 from .errors import ConfigError, InputError
 from .normalize import IDENTITY, Affine, kernel_frame
-
-LAYOUTS = ("NHWC", "NCHW")
 
 #: Which tiles of a plan a batch holds: a slice, an integer or integer indices.
 TileIndex: TypeAlias = slice | int | np.ndarray | list[int]
@@ -155,7 +154,8 @@ def _tile_rows(plan: TilePlan, index: TileIndex) -> np.ndarray:
     return np.ascontiguousarray(rows.reshape(-1, 6), dtype=np.int64)
 
 
-def _check_out(out: np.ndarray, shape: tuple[int, ...], dtype: type) -> None:
+def check_buffer(out: np.ndarray, shape: tuple[int, ...], dtype: type) -> None:
+    """Raises ValueError unless ``out`` is a writeable C-contiguous buffer of this shape."""
     # A wrong output buffer is a programming error, not a user mistake: ValueError.
     if not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != shape:
         got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
@@ -216,7 +216,7 @@ def extract_tiles(
     if out is None:
         out = np.empty(shape, np.float32)
     else:
-        _check_out(out, shape, np.float32)
+        check_buffer(out, shape, np.float32)
     scale, offset, lo, hi = affine
     _core.extract_tiles(
         frame, rows, plan.tile_h, plan.tile_w, scale, offset, lo, hi, layout, out, threads
@@ -270,7 +270,7 @@ def stitch_crop(
     if out is None:
         out = np.zeros(shape, np.float32)
     else:
-        _check_out(out, shape, np.float32)
+        check_buffer(out, shape, np.float32)
     outputs = np.ascontiguousarray(tile_outputs, dtype=np.float32)
     _core.stitch_crop(outputs, rows, out, layout, threads)
     return out
@@ -328,8 +328,8 @@ def stitch_blend(
         raise ValueError(
             f"weights must have shape {(plan.tile_h, plan.tile_w)}, got {weights.shape}"
         )
-    _check_out(acc, (plan.height, plan.width, channels), np.float32)
-    _check_out(weight_sum, (plan.height, plan.width), np.float32)
+    check_buffer(acc, (plan.height, plan.width, channels), np.float32)
+    check_buffer(weight_sum, (plan.height, plan.width), np.float32)
     outputs = np.ascontiguousarray(tile_outputs, dtype=np.float32)
     _core.stitch_blend(outputs, rows, weights, acc, weight_sum, layout, threads)
 
@@ -348,55 +348,9 @@ def finish_blend(acc: np.ndarray, weight_sum: np.ndarray, *, threads: int = 0) -
     """
     if not isinstance(acc, np.ndarray) or acc.ndim != 3:
         raise ValueError("acc must be a float32 array (H, W, K)")
-    _check_out(acc, acc.shape, np.float32)
+    check_buffer(acc, acc.shape, np.float32)
     weight_sum = np.ascontiguousarray(weight_sum, dtype=np.float32)
     if weight_sum.shape != acc.shape[:2]:
         raise ValueError(f"weight_sum must have shape {acc.shape[:2]}, got {weight_sum.shape}")
     _core.finish_blend(acc, weight_sum, threads)
     return acc
-
-
-def threshold_mask(
-    prob: np.ndarray, threshold: float, *, out: np.ndarray | None = None, threads: int = 0
-) -> np.ndarray:
-    """Foreground mask of a probability map.
-
-    Args:
-        prob: float32 probabilities, any shape (typically (H, W)).
-        threshold: Pixels with probability strictly above it are foreground.
-        out: uint8 buffer of prob's shape; allocated when None.
-        threads: Threads to use, 0 for all.
-
-    Returns:
-        uint8 mask: 255 for foreground, 0 elsewhere (and where prob is NaN).
-    """
-    prob = np.ascontiguousarray(prob, dtype=np.float32)
-    if out is None:
-        out = np.empty(prob.shape, np.uint8)
-    else:
-        _check_out(out, prob.shape, np.uint8)
-    _core.threshold_mask(prob, float(threshold), out, threads)
-    return out
-
-
-def argmax_mask(prob: np.ndarray, *, out: np.ndarray | None = None, threads: int = 0) -> np.ndarray:
-    """Class-index mask of per-class scores.
-
-    Args:
-        prob: float32 (H, W, K) scores or probabilities, K <= 256 classes.
-        out: uint8 (H, W) buffer; allocated when None.
-        threads: Threads to use, 0 for all.
-
-    Returns:
-        uint8 (H, W): the index of the largest class value per pixel (the first one
-        on ties, like ``numpy.argmax``; pixels with NaN scores get an unspecified class).
-    """
-    prob = np.ascontiguousarray(prob, dtype=np.float32)
-    if prob.ndim < 1 or not 1 <= prob.shape[-1] <= 256:
-        raise ValueError(f"prob must end with a class axis of 1 to 256 classes, got {prob.shape}")
-    if out is None:
-        out = np.empty(prob.shape[:-1], np.uint8)
-    else:
-        _check_out(out, prob.shape[:-1], np.uint8)
-    _core.argmax_mask(prob, out, threads)
-    return out

@@ -1,20 +1,28 @@
-"""The backend protocol: what the tiler needs from an inference runtime.
+"""The backend protocol: what the engine needs from an inference runtime.
 
-A backend runs a float32 batch of tiles in the model's own layout and returns a float32
-batch in the same layout. The tiler never knows which runtime is behind it; choosing
-one is a value (``backend="onnxruntime"``, ``device="cuda:0"``), see `create_backend`.
+A backend holds one loaded model and runs it on named tensors: a mapping from input
+names to arrays in, a mapping from output names to arrays out. It describes every tensor
+(`TensorSpec`: name, shape with ``None`` for dynamic dims, dtype, layout) and the batch
+and tile sizes it accepts (`ShapeRange`: fixed, or min/opt/max as a TensorRT
+optimization profile has them). The engine never knows which runtime is behind it;
+choosing one is a value (``backend="onnxruntime"``, ``device="cuda:0"``), see
+`create_backend`.
+
+Which input is the frame and which output the prediction is the model's business
+(`unetrt.model.Model`), not the backend's: a temporal step model has state tensors
+beside them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..contract import LAYOUTS
 from ..errors import ConfigError
-
-LAYOUTS = ("NHWC", "NCHW")
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,89 @@ class BackendOptions:
         return parse_device(self.device)
 
 
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output tensor of a model.
+
+    Attributes:
+        name: The tensor's name in the model.
+        shape: Its shape, ``None`` for dynamic dims.
+        dtype: Element type the runtime holds it in (float32 or float16).
+        layout: ``"NHWC"`` or ``"NCHW"`` for 4-D image-like tensors, else ``None``.
+    """
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype[Any]
+    layout: str | None = None
+
+    @property
+    def channels(self) -> int | None:
+        """The channel dimension of a 4-D tensor, ``None`` if dynamic (or not 4-D)."""
+        if self.layout is None or len(self.shape) != 4:
+            return None
+        return self.shape[channel_axis(self.layout)]
+
+    def __str__(self) -> str:
+        return f"{self.name!r} {format_shape(self.shape)}"
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """The batch and tile sizes a backend accepts for an image input.
+
+    ONNX Runtime takes any size where a dim is dynamic (``max_* = None``) and exactly the
+    static size where it is not; a TensorRT engine takes what its optimization profile
+    allows, and runs fastest at ``opt``.
+
+    Attributes:
+        min_batch: Smallest batch.
+        opt_batch: The batch the runtime is tuned for.
+        max_batch: Largest batch, ``None`` for no limit.
+        min_tile: Smallest (height, width).
+        opt_tile: The (height, width) the runtime is tuned for, ``None`` if any.
+        max_tile: Largest (height, width), ``None`` for no limit.
+    """
+
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int | None = None
+    min_tile: tuple[int, int] = (1, 1)
+    opt_tile: tuple[int, int] | None = None
+    max_tile: tuple[int, int] | None = None
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The one batch size accepted, or ``None`` if several are."""
+        return self.min_batch if self.max_batch == self.min_batch else None
+
+    @property
+    def fixed_tile(self) -> tuple[int, int] | None:
+        """The one (height, width) accepted, or ``None`` if several are."""
+        return self.min_tile if self.max_tile == self.min_tile else None
+
+    @classmethod
+    def from_shape(cls, shape: tuple[int | None, ...], layout: str) -> ShapeRange:
+        """What a runtime with shape-polymorphic dims (ONNX Runtime) accepts.
+
+        Args:
+            shape: The 4-D input shape, ``None`` for dynamic dims.
+            layout: Its layout.
+        """
+        batch = shape[0]
+        hw = tuple(shape[a] for a in spatial_axes(layout))
+        h, w = hw
+        fixed_hw = (h, w) if h is not None and w is not None else None
+        return cls(
+            min_batch=batch or 1,
+            opt_batch=batch or 1,
+            max_batch=batch,
+            min_tile=fixed_hw or (h or 1, w or 1),
+            opt_tile=fixed_hw,
+            max_tile=fixed_hw,
+        )
+
+
 def detect_layout(shape: tuple[int | None, ...]) -> tuple[str | None, str]:
     """Guess a 4-D image input's layout from its shape.
 
@@ -123,6 +214,12 @@ def spatial_axes(layout: str) -> tuple[int, int]:
     return (1, 2) if layout == "NHWC" else (2, 3)
 
 
+def check_layout(layout: str) -> None:
+    """Raises ConfigError unless ``layout`` is ``"NHWC"`` or ``"NCHW"``."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+
+
 @runtime_checkable
 class Backend(Protocol):
     """An inference runtime holding one loaded model.
@@ -130,44 +227,43 @@ class Backend(Protocol):
     Attributes:
         name: Runtime name, e.g. ``"onnxruntime"``.
         device: Where it runs: ``"cpu"`` or ``"cuda:N"``.
-        layout: ``"NHWC"`` or ``"NCHW"``, for both input and output.
-        input_name: Name of the model's image input.
-        input_shape: Input shape in the model's layout, ``None`` for dynamic dims.
-        output_shape: Output shape in the model's layout, ``None`` for dynamic dims.
-        output_channels: Output channels, ``None`` if the model leaves them dynamic.
+        layout: ``"NHWC"`` or ``"NCHW"``: the layout of its 4-D tensors.
+        inputs: The model's inputs, in the model's order.
+        outputs: The model's outputs, in the model's order.
     """
 
     name: str
     device: str
     layout: str
-    input_name: str
-    input_shape: tuple[int | None, ...]
-    output_shape: tuple[int | None, ...]
-    output_channels: int | None
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model on a batch.
+    def run(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        out: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run the model once.
 
         Args:
-            batch: float32, 4-D, in the model's layout; height and width must suit the
-                model (multiples of its alignment, or its fixed size).
+            feeds: One float32 array per input name, each in the model's layout, with one
+                batch size; height and width must suit the model (`accepted`).
+            out: Optional float32 buffers for some outputs, of the exact output shapes:
+                the backend writes those outputs into them instead of allocating (host
+                memory here; device memory for device backends).
 
         Returns:
-            float32, 4-D, same layout and spatial size as ``batch``. The array may be a
-            buffer the backend reuses: it is valid until the next call to ``run``, so copy
-            it (or consume it) before calling again.
+            Every output by name, float32 (the buffers of ``out`` where given). Arrays
+            the backend allocated may be buffers it reuses: they are valid until the next
+            call to ``run``, so copy them (or consume them) before calling again.
 
         Raises:
-            ModelError: If the model rejects the batch; the message gives the shapes.
+            ModelError: If the model rejects the feeds; the message gives the shapes.
         """
         ...
 
-    def fixed_tile(self) -> tuple[int, int] | None:
-        """The model's static (height, width), or ``None`` if either is dynamic."""
-        ...
-
-    def max_batch(self) -> int | None:
-        """The model's static batch size, or ``None`` if the batch is dynamic."""
+    def accepted(self, name: str | None = None) -> ShapeRange:
+        """The batch and tile sizes accepted for an input (default: the first one)."""
         ...
 
     def metadata(self) -> dict[str, str]:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from ..closeable import Closeable
 from ..errors import ConfigError, ModelError
-from .base import LAYOUTS, BackendOptions, channel_axis, detect_layout, format_shape, spatial_axes
+from .base import BackendOptions, ShapeRange, TensorSpec, check_layout, detect_layout, format_shape
 
 _DTYPES: dict[str, np.dtype[Any]] = {
     "tensor(float)": np.dtype(np.float32),
@@ -31,25 +32,27 @@ def _shape(dims: list[Any]) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, int) and d > 0 else None for d in dims)
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Closeable):
     """A model loaded in an ONNX Runtime inference session.
 
     The session uses all graph optimizations, runs its nodes sequentially, and spreads
     each node over ``options.threads`` threads (ONNX Runtime's default, one per physical
-    core, when ``None``). Outputs come from a plain ``session.run``: binding preallocated
-    output buffers (io_binding) measured no faster on the CPU for U-Nets, where the
-    convolutions dominate.
+    core, when ``None``). A model may have several inputs and outputs (a temporal step
+    model has its state tensors beside the frame); every input must be a 4-D float
+    tensor, every output a float tensor. Outputs the caller hands buffers for are
+    written into them through an I/O binding; the others come back as fresh arrays.
 
     Args:
         model: Path of an ``.onnx`` file, or the serialized model bytes.
         options: Threads and device; default CPU with the runtime's thread count.
-        layout: ``"NHWC"`` or ``"NCHW"`` to override the layout detected from the input
-            shape (a model's contract knows better than the shape); ``None`` detects it,
-            assuming NHWC (the Keras export convention) when the shape cannot tell.
+        layout: ``"NHWC"`` or ``"NCHW"`` to override the layout detected from the first
+            input's shape (a model's contract knows better than the shape); ``None``
+            detects it, assuming NHWC (the Keras export convention) when the shape
+            cannot tell.
 
     Raises:
-        ModelError: If the file is missing or not a valid model, or the model does not
-            have exactly one 4-D float image input and a 4-D float output.
+        ModelError: If the file is missing or not a valid model, or an input is not a
+            4-D float tensor, or an output not a float tensor.
         ConfigError: If the layout is not a known one, or the device is not available.
     """
 
@@ -62,33 +65,30 @@ class OnnxRuntimeBackend:
         layout: str | None = None,
     ) -> None:
         options = options or BackendOptions()
-        if layout is not None and layout not in LAYOUTS:
-            raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout is not None:
+            check_layout(layout)
         self.device = options.device
         self.label = "<model bytes>" if isinstance(model, bytes) else os.fspath(model)
         self._session: ort.InferenceSession | None = self._load(model, options)
         session = self._session
-
-        inputs = session.get_inputs()
-        if len(inputs) != 1:
-            names = ", ".join(repr(i.name) for i in inputs)
-            raise ModelError(
-                f"model {self.label} has {len(inputs)} inputs ({names}); "
-                f"unetrt needs a model with one image input"
-            )
-        self.input_name: str = inputs[0].name
-        self.input_shape = _shape(inputs[0].shape)
-        self._input_dtype = self._check_tensor("input", inputs[0])
-        # A model may have several outputs (e.g. auxiliary heads); the first is the mask.
-        output = session.get_outputs()[0]
-        self._output_name: str = output.name
-        self.output_shape = _shape(output.shape)
-        self._check_tensor("output", output)
-
+        ins, outs = session.get_inputs(), session.get_outputs()
+        for arg in ins:
+            self._check_tensor("input", arg, rank=4)
+        for arg in outs:
+            self._check_tensor("output", arg, rank=None)
         if layout is None:
-            layout = detect_layout(self.input_shape)[0] or "NHWC"
+            layout = detect_layout(_shape(ins[0].shape))[0] or "NHWC"
         self.layout: str = layout
-        self.output_channels: int | None = self.output_shape[channel_axis(layout)]
+
+        def spec(arg: Any) -> TensorSpec:
+            shape = _shape(arg.shape)
+            return TensorSpec(
+                arg.name, shape, _DTYPES[arg.type], layout if len(shape) == 4 else None
+            )
+
+        self.inputs: tuple[TensorSpec, ...] = tuple(spec(i) for i in ins)
+        self.outputs: tuple[TensorSpec, ...] = tuple(spec(o) for o in outs)
+        self._input_names = {t.name: t for t in self.inputs}
         # Run errors are re-raised as ModelError with the message; ONNX Runtime would also
         # print them to stderr, which is noise when model.py probes sizes that may fail.
         self._run_options = ort.RunOptions()
@@ -131,9 +131,9 @@ class OnnxRuntimeBackend:
             )
         return session
 
-    def _check_tensor(self, role: str, arg: Any) -> np.dtype[Any]:
+    def _check_tensor(self, role: str, arg: Any, rank: int | None) -> None:
         shape = _shape(arg.shape)
-        if len(shape) != 4:
+        if rank is not None and len(shape) != rank:
             raise ModelError(
                 f"model {self.label}: {role} {arg.name!r} has shape {format_shape(shape)} "
                 f"(rank {len(shape)}); unetrt needs a 4-D image {role} "
@@ -144,7 +144,6 @@ class OnnxRuntimeBackend:
                 f"model {self.label}: {role} {arg.name!r} is {arg.type}; "
                 f"unetrt needs float32 or float16"
             )
-        return _DTYPES[arg.type]
 
     @property
     def session(self) -> ort.InferenceSession:
@@ -153,50 +152,91 @@ class OnnxRuntimeBackend:
             raise RuntimeError(f"backend for {self.label} is closed")
         return self._session
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model on a batch (see `Backend.run`).
-
-        Args:
-            batch: float32, 4-D, in the model's layout.
-
-        Returns:
-            float32 output in the same layout and spatial size. A fresh array here, but
-            callers must not rely on that (other backends reuse their buffers).
+    def run(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        out: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run the model once (see `Backend.run`).
 
         Raises:
-            ModelError: If the model rejects the batch or returns another spatial size.
+            ModelError: If a feed is missing, unknown or not 4-D, or the model rejects
+                the feeds.
         """
-        if batch.ndim != 4:
-            raise ModelError(
-                f"model {self.label} takes a 4-D batch, got shape {tuple(batch.shape)}"
-            )
         session = self.session
-        feed = np.ascontiguousarray(batch, dtype=self._input_dtype)
+        if set(feeds) != set(self._input_names):
+            raise ModelError(
+                f"model {self.label} takes inputs {sorted(self._input_names)}, got {sorted(feeds)}"
+            )
+        converted = {}
+        for name, array in feeds.items():
+            if array.ndim != 4:
+                raise ModelError(
+                    f"model {self.label} takes a 4-D batch, got shape {tuple(array.shape)}"
+                )
+            converted[name] = np.ascontiguousarray(array, dtype=self._input_names[name].dtype)
         try:
-            out = session.run([self._output_name], {self.input_name: feed}, self._run_options)[0]
+            if out:
+                return self._run_bound(converted, out)
+            names = [o.name for o in self.outputs]
+            values = session.run(names, converted, self._run_options)
+        except (ModelError, ValueError):
+            raise
         except Exception as exc:  # ONNX Runtime's own exception types
             raise ModelError(
-                f"model {self.label} failed on a batch of shape {tuple(batch.shape)} "
-                f"(model input {format_shape(self.input_shape)}, {self.layout}): "
-                f"{_ort_message(exc)}"
+                f"model {self.label} failed on {self._describe(feeds)}: {_ort_message(exc)}"
             ) from exc
-        hw_in = tuple(batch.shape[a] for a in spatial_axes(self.layout))
-        hw_out = tuple(out.shape[a] for a in spatial_axes(self.layout)) if out.ndim == 4 else None
-        if hw_out != hw_in:
-            raise ModelError(
-                f"model {self.label} returned shape {tuple(out.shape)} for input "
-                f"{tuple(batch.shape)}; unetrt needs an output of the input's height and width"
+        return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, values, strict=True)}
+
+    def _run_bound(
+        self, feeds: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """One run writing the outputs that have buffers straight into them."""
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for spec in self.outputs:
+            buffer = out.get(spec.name)
+            if buffer is None:
+                binding.bind_output(spec.name, "cpu")
+            else:
+                if buffer.dtype != spec.dtype or not buffer.flags.c_contiguous:
+                    raise ValueError(
+                        f"output buffer {spec.name!r} must be C-contiguous {spec.dtype}, "
+                        f"got {buffer.dtype}"
+                    )
+                binding.bind_ortvalue_output(spec.name, ort.OrtValue.ortvalue_from_numpy(buffer))
+        self.session.run_with_iobinding(binding, self._run_options)
+        values = binding.copy_outputs_to_cpu()
+        result = {}
+        for spec, value in zip(self.outputs, values, strict=True):
+            buffer = out.get(spec.name)
+            if buffer is not None and value.shape != buffer.shape:
+                raise ModelError(
+                    f"model {self.label} returned {spec.name!r} of shape {value.shape}, "
+                    f"not the shape {buffer.shape} of its buffer"
+                )
+            result[spec.name] = buffer if buffer is not None else np.asarray(value, np.float32)
+        return result
+
+    def _describe(self, feeds: Mapping[str, np.ndarray]) -> str:
+        if len(self.inputs) == 1:
+            (array,) = feeds.values()
+            (spec,) = self.inputs
+            return (
+                f"a batch of shape {tuple(array.shape)} "
+                f"(model input {format_shape(spec.shape)}, {self.layout})"
             )
-        return np.asarray(out, dtype=np.float32)
+        parts = [
+            f"{n!r} {tuple(a.shape)} (model {format_shape(self._input_names[n].shape)})"
+            for n, a in feeds.items()
+        ]
+        return f"inputs {', '.join(parts)} ({self.layout})"
 
-    def fixed_tile(self) -> tuple[int, int] | None:
-        """The model's static (height, width), or ``None`` if either is dynamic."""
-        h, w = (self.input_shape[a] for a in spatial_axes(self.layout))
-        return (h, w) if h is not None and w is not None else None
-
-    def max_batch(self) -> int | None:
-        """The model's static batch size, or ``None`` if the batch is dynamic."""
-        return self.input_shape[0]
+    def accepted(self, name: str | None = None) -> ShapeRange:
+        """The batch and tile sizes accepted for an input: its static dims, or any."""
+        spec = self.inputs[0] if name is None else self._input_names[name]
+        return ShapeRange.from_shape(spec.shape, self.layout)
 
     def metadata(self) -> dict[str, str]:
         """The model's custom metadata (``metadata_props`` in the ONNX file)."""
@@ -206,19 +246,8 @@ class OnnxRuntimeBackend:
         """Release the session; the backend is unusable afterwards."""
         self._session = None
 
-    def __enter__(self) -> OnnxRuntimeBackend:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return (
             f"OnnxRuntimeBackend({self.label!r}, device={self.device!r}, layout={self.layout!r}, "
-            f"input={format_shape(self.input_shape)})"
+            f"inputs=[{', '.join(map(str, self.inputs))}])"
         )

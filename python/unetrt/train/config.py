@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 from ..normalize import Normalization
 from .augment import AugmentConfig
-from .data import LAYOUTS, TARGETS, PatchSampler
+from .names import DATA_LAYOUTS, TARGETS
+from .sampling import PatchSampler
 
 if TYPE_CHECKING:
     from .losses import SegmentationLoss
@@ -180,7 +181,7 @@ class TrainConfig:
 
     @property
     def target_encoding(self) -> str:
-        """How batches encode the target for the loss (one of `unetrt.train.data.ENCODINGS`).
+        """How batches encode the target for the loss (one of `unetrt.train.names.ENCODINGS`).
 
         ``"mask"``: foreground (batch, H, W, 1), plus the border weight map as a second
         channel with ``datagen_border_weights``; ``"sparse"``: class ids (batch, H, W,
@@ -432,7 +433,7 @@ def _check_values(c: TrainConfig) -> None:
         if not getattr(c, key) > 0:
             raise _fail(key, getattr(c, key), "> 0")
     choices: dict[str, tuple[str, ...]] = {
-        "data_format": LAYOUTS,
+        "data_format": DATA_LAYOUTS,
         "data_val_mode": VAL_MODES,
         "datagen_type": TARGETS,
         "model_padding": ("same",),

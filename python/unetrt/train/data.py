@@ -1,6 +1,6 @@
 """Training data: annotated frames from disk, targets, patch sampling and batches.
 
-Four layouts are read (`LAYOUTS`):
+Four layouts are read (`DATA_LAYOUTS`):
 
 - ``"folders"``: a folder of frames and a folder of masks (TIFF or PNG). A mask belongs
   to the frame with the same file stem, or else with the same frame number (the last
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,16 +41,14 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import ConfigError, InputError
-from ..io import open_frames
+from ..io import IMAGE_SUFFIXES, frame_number, open_frames
 from ..normalize import Normalization
 from .augment import AugmentConfig, augment_patch
+from .names import DATA_LAYOUTS, ENCODINGS, TARGETS
+from .sampling import PatchSampler
 
 if TYPE_CHECKING:
     from .config import TrainConfig
-
-LAYOUTS = ("folders", "stacks", "ctc", "seed_csv")
-TARGETS = ("segmentation", "contours")
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
 # ---------------------------------------------------------------------------- reading
@@ -99,12 +96,6 @@ def _read(path: Path) -> np.ndarray:
         if len(source) == 1:
             return source.read(0)
         return np.stack(list(source))
-
-
-def frame_number(path: str | Path) -> int | None:
-    """The frame number in a file name: its last group of digits (``t010.tif`` -> 10)."""
-    digits = re.findall(r"\d+", Path(path).stem)
-    return int(digits[-1]) if digits else None
 
 
 def _image_files(folder: Path, what: str) -> list[Path]:
@@ -329,10 +320,10 @@ def load_annotated(
     masks: str | Path | None = None,
     exclude_frames: Iterable[int] = (),
 ) -> list[AnnotatedVideo]:
-    """Load annotated videos in any of the `LAYOUTS`.
+    """Load annotated videos in any of the `DATA_LAYOUTS`.
 
     Args:
-        layout: One of `LAYOUTS`.
+        layout: One of `DATA_LAYOUTS`.
         images: Frames folder, stack (or folder of stacks), CTC sequence or seed root.
         masks: Masks folder or stack(s); optional for ``"ctc"``, unused for ``"seed_csv"``.
         exclude_frames: Frame numbers whose masks are never used (e.g. gold truth).
@@ -344,8 +335,8 @@ def load_annotated(
         ConfigError: On an unknown layout or a missing masks path.
         InputError: If the data cannot be read or nothing is annotated.
     """
-    if layout not in LAYOUTS:
-        raise ConfigError(f"data_format must be one of {LAYOUTS}, got {layout!r}")
+    if layout not in DATA_LAYOUTS:
+        raise ConfigError(f"data_format must be one of {DATA_LAYOUTS}, got {layout!r}")
     if layout == "ctc":
         videos = load_ctc(images, masks)
     elif layout == "seed_csv":
@@ -452,70 +443,7 @@ def make_target(
     return target
 
 
-# -------------------------------------------------------------------- patch sampling
-@dataclass(frozen=True)
-class PatchSampler:
-    """Chooses patch centres, biased toward foreground.
-
-    With probability ``q`` the centre is a foreground pixel drawn uniformly, otherwise
-    any pixel drawn uniformly (the patch window is then moved inside the frame).
-    ``q`` is either given directly (``foreground_probability``) or follows the seed
-    suite's ``datagen_sampling_pdf`` weight ``w``: every foreground pixel is ``w`` times
-    as likely a centre as a background pixel, so ``w = 1`` is uniform and a large ``w``
-    puts almost every centre on a cell. For a frame with ``F`` foreground and ``B``
-    background pixels that is the mixture above with ``q = (w - 1) F / (w F + B)``.
-    A frame without foreground always gets a uniform centre.
-
-    Attributes:
-        sampling_pdf: The seed's foreground weight ``w >= 1``.
-        foreground_probability: ``q`` in [0, 1]; overrides ``sampling_pdf`` when set.
-    """
-
-    sampling_pdf: float = 1.0
-    foreground_probability: float | None = None
-
-    def __post_init__(self) -> None:
-        if not self.sampling_pdf >= 1.0:
-            raise ConfigError(
-                f"datagen_sampling_pdf is the weight of a foreground pixel relative to a "
-                f"background one and must be >= 1 (1 = uniform), got {self.sampling_pdf!r}"
-            )
-        p = self.foreground_probability
-        if p is not None and not 0.0 <= p <= 1.0:
-            raise ConfigError(f"datagen_foreground_probability must be in [0, 1], got {p!r}")
-
-    def foreground_share(self, n_foreground: int, n_pixels: int) -> float:
-        """Probability ``q`` of drawing the centre among the foreground pixels."""
-        if n_foreground == 0:
-            return 0.0
-        if self.foreground_probability is not None:
-            return self.foreground_probability
-        w = self.sampling_pdf
-        return (w - 1.0) * n_foreground / (w * n_foreground + (n_pixels - n_foreground))
-
-    def sample_centre(
-        self, foreground: np.ndarray, shape: tuple[int, int], rng: np.random.Generator
-    ) -> tuple[int, int]:
-        """Draw a patch centre (row, col).
-
-        Args:
-            foreground: Flat indices of the frame's foreground pixels.
-            shape: Frame shape (rows, cols).
-            rng: Source of randomness.
-        """
-        n_pixels = shape[0] * shape[1]
-        if rng.random() < self.foreground_share(len(foreground), n_pixels):
-            flat = int(foreground[rng.integers(len(foreground))])
-        else:
-            flat = int(rng.integers(n_pixels))
-        row, col = divmod(flat, shape[1])
-        return row, col
-
-
 # ------------------------------------------------------------------------- batches
-ENCODINGS = ("mask", "sparse", "one_hot", "two_heads")
-
-
 def normalize_video(
     video: AnnotatedVideo, spec: Normalization, positions: Iterable[int]
 ) -> dict[int, np.ndarray]:

@@ -33,8 +33,8 @@ import keras
 import numpy as np
 from PIL import Image
 
+from ..contract import CONFIG_NAME
 from ..errors import ConfigError, ModelError, OutputError
-from ..export import CONFIG_NAME
 from ..io import atomic_output
 from .config import TrainConfig, load_config
 from .data import build_datasets

@@ -1,4 +1,4 @@
-"""Streaming frame I/O: lazy readers, background prefetch and an atomic mask writer.
+"""Lazy frame readers: multi-page TIFF, single images, folders and glob patterns.
 
 Reading never loads a whole stack. `open_frames` returns a `FrameSource` that reads one
 frame at a time, from a multi-page TIFF (classic or BigTIFF, ImageJ hyperstack,
@@ -11,37 +11,38 @@ per-page record (a file offset, and for most files a `TiffFrame` of a few hundre
 bytes), so a 100 000-frame stack costs some tens of MB of bookkeeping, independent of
 the frame size. Uncompressed contiguous stacks are read by file offset instead.
 
-Writing goes through `StackWriter`, which streams frames into a temporary file next to
-the output and renames it onto the output only when the whole stack was written.
+The file-name rules live here too, for everyone who lists or pairs frame files:
+`IMAGE_SUFFIXES` and `frame_number` (the number in a name such as ``t010.tif``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
-import json
 import logging
 import math
 import os
-import queue
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import imagecodecs
 import numpy as np
-import numpy.typing as npt
 import tifffile
 
-from .errors import ConfigError, InputError, OutputError
+from ..closeable import Closeable
+from ..errors import InputError
 
-__all__ = ["FrameSource", "StackWriter", "open_frames", "prefetch"]
-
-T = TypeVar("T")
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_CHANNELS",
+    "READABLE_DTYPES",
+    "FrameSource",
+    "frame_number",
+    "open_frames",
+]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 MAX_CHANNELS = 4
@@ -54,6 +55,8 @@ READABLE_DTYPES = frozenset(
     )
 )
 
+# A group of digits in a file name; capturing, so `re.split` keeps the numbers.
+_DIGITS = re.compile(r"(\d+)")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _TIME_AXES = "TIQ"  # time, generic image sequence, unknown: all are frames in time
 _CHANNEL_AXES = "CS"  # channels stored as pages or as samples within a page
@@ -109,7 +112,7 @@ def open_frames(source: str | os.PathLike[str], frames: slice | None = None) -> 
     raise InputError(f"no such file or folder: {path}")
 
 
-class FrameSource:
+class FrameSource(Closeable):
     """A lazily read sequence of frames (2D + time).
 
     Attributes:
@@ -153,19 +156,23 @@ class FrameSource:
         """
         return self._read_locked(self._selected[i])
 
+    def describe_frame(self, i: int) -> str:
+        """How to name frame `i` of the selection in a message.
+
+        For example ``"frame 12 of video.tif"`` for a stack, or ``"frame 12 (t012.tif)
+        of frames"`` for a folder or glob pattern of files. The number shown is the
+        frame's number in the source (counted from 0, as ``frames=`` counts), not its
+        position in the selection: with ``frames=slice(5, 10)``, ``describe_frame(0)``
+        is ``"frame 5 of ..."``, so the message points at the frame the user can find.
+
+        Raises:
+            IndexError: If `i` is outside the selection (negative indices count from
+                the end).
+        """
+        return self._describe(self._selected[i])
+
     def close(self) -> None:
         """Release the open file, if any; further reads fail."""
-
-    def __enter__(self) -> FrameSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (
@@ -180,6 +187,10 @@ class FrameSource:
     def _read(self, index: int) -> np.ndarray:
         """Read frame `index` of the whole source (before selection)."""
         raise NotImplementedError
+
+    def _describe(self, index: int) -> str:
+        """Name frame `index` of the whole source (before selection)."""
+        return f"frame {index} of {self.name}"
 
 
 class _TiffStack(FrameSource):
@@ -344,6 +355,11 @@ class _ImageSequence(FrameSource):
         self.dtype = first.dtype
         self.axes = "T" + ("YXS" if first.ndim == 3 else "YX")
 
+    def _describe(self, index: int) -> str:
+        if self._all_files == [self.path]:  # a single image: its name is already shown
+            return super()._describe(index)
+        return f"frame {index} ({self._all_files[index].name}) of {self.name}"
+
     def _read(self, index: int) -> np.ndarray:
         file = self._all_files[index]
         frame = _read_image_file(file)
@@ -479,320 +495,19 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def frame_number(path: str | os.PathLike[str]) -> int | None:
+    """The frame number in a file name: its last group of digits (``t010.tif`` -> 10).
+
+    This is the Cell Tracking Challenge rule (``t010.tif`` <-> ``man_seg010.tif``) that
+    training data and evaluation both pair frames and masks by; the suffix is ignored.
+
+    Returns:
+        The number, or None if the file stem holds no digit.
+    """
+    digits = _DIGITS.findall(Path(path).stem)
+    return int(digits[-1]) if digits else None
+
+
 def _natural_key(text: str) -> list[tuple[int, int | str]]:
     # (0, number) sorts before (1, text) so keys of mixed parts stay comparable.
-    return [
-        (0, int(part)) if part.isdigit() else (1, part.lower()) for part in re.split(r"(\d+)", text)
-    ]
-
-
-_ITEM, _DONE, _FAILED = range(3)
-
-
-def prefetch(iterable: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """Produce the items of `iterable` in a background thread, `depth` ahead.
-
-    Reading and decoding the next frames overlaps with the caller's work on the
-    current one. Memory stays bounded: at most `depth` items wait in the queue. The
-    producer's exception is re-raised in the caller. When the caller stops early
-    (``break``, an exception, Ctrl-C) the producer is told to stop and is not waited
-    for beyond a short grace period; it is a daemon thread, so it never keeps the
-    interpreter alive.
-
-    Args:
-        iterable: The items to produce, e.g. a `FrameSource`.
-        depth: How many items may be produced ahead of the caller (>= 1).
-
-    Yields:
-        The items of `iterable`, in order.
-    """
-    if depth < 1:
-        raise ValueError(f"prefetch depth must be >= 1, got {depth}")
-    items: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(entry: tuple[int, Any]) -> bool:
-        # Time out regularly so a consumer that went away is noticed.
-        while not stop.is_set():
-            try:
-                items.put(entry, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        iterator = iter(iterable)
-        try:
-            for item in iterator:
-                if not put((_ITEM, item)):
-                    return
-            put((_DONE, None))
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            put((_FAILED, exc))
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-
-    worker = threading.Thread(target=produce, name="unetrt-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            # A timed get keeps Ctrl-C responsive on every platform.
-            try:
-                kind, value = items.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if kind == _DONE:
-                return
-            if kind == _FAILED:
-                raise value
-            yield value
-    finally:
-        stop.set()
-        worker.join(timeout=1.0)
-
-
-# Classic TIFF addresses 4 GiB; stay well below it to leave room for IFDs and tags.
-_CLASSIC_TIFF_LIMIT = int(3.9 * 2**30)
-_IMAGEJ_DTYPES = frozenset(map(np.dtype, ("uint8", "uint16", "int16", "float32")))
-COMPRESSIONS = ("none", "zlib", "deflate", "lzw", "zstd")
-_RESERVED_METADATA = frozenset({"shape", "axes", "images", "channels", "slices", "frames"})
-
-
-class StackWriter:
-    """Write frames one at a time to a multi-page TIFF, atomically.
-
-    Frames go to a hidden temporary file in the output folder
-    (`partial_path`), which replaces `path` only when the writer is
-    closed successfully; on any exception (Ctrl-C included) the temporary file is
-    deleted and an existing file at `path` is left untouched.
-
-    The result is one series that tifffile reads as ``(T, H, W)`` (``(T, C, H, W)``
-    for frames with channels, stored one page per channel). With ``imagej=True`` the
-    first page carries an ImageJ hyperstack description (``frames=T``, ``channels=C``)
-    so Fiji opens a time series; otherwise a tifffile "shaped" JSON description with
-    axes ``TYX``/``TCYX``. Each frame is its own page (and compressed independently), so
-    compression and streaming combine; the description is rewritten at close with the
-    final frame count.
-
-    Use as a context manager::
-
-        with StackWriter("masks.tif", frame_shape=(512, 512), dtype=np.uint8) as out:
-            for mask in masks:
-                out.write(mask)
-
-    Args:
-        path: Output file.
-        frame_shape: ``(H, W)`` or ``(H, W, C)`` of every frame.
-        dtype: Data type of every frame.
-        bigtiff: Write BigTIFF. ``None`` (default) decides: BigTIFF when `n_frames` is
-            unknown (a live acquisition may grow past 4 GiB, and a classic TIFF cannot)
-            or when ``n_frames`` frames may exceed about 3.9 GiB; classic TIFF
-            otherwise, which every reader (including plain ImageJ) opens.
-        n_frames: Expected number of frames, if known; writing more is an error.
-        imagej: Write ImageJ hyperstack metadata. ``None`` (default): when the dtype is
-            one ImageJ holds (uint8, uint16, int16, float32).
-        metadata: Extra description entries, e.g. ``{"finterval": 0.5, "unit": "um"}``
-            (ImageJ keys with ``imagej``, any JSON values otherwise).
-        compression: ``None``/``"none"``, ``"zlib"`` (= ``"deflate"``), ``"lzw"`` or
-            ``"zstd"``. ImageJ itself reads zlib and LZW, not zstd.
-
-    Raises:
-        OutputError: If the output folder does not exist or cannot be written.
-        ConfigError: If `compression` is unknown or `imagej` is asked for a dtype
-            ImageJ cannot hold.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        frame_shape: tuple[int, ...],
-        dtype: npt.DTypeLike,
-        bigtiff: bool | None = None,
-        n_frames: int | None = None,
-        imagej: bool | None = None,
-        metadata: dict[str, Any] | None = None,
-        compression: str | None = None,
-    ) -> None:
-        self.path = Path(path)
-        self.frame_shape = tuple(int(n) for n in frame_shape)
-        self.dtype = np.dtype(dtype)
-        if len(self.frame_shape) not in (2, 3) or min(self.frame_shape) < 1:
-            raise ValueError(f"frame_shape must be (H, W) or (H, W, C), got {frame_shape}")
-        if self.dtype.kind not in "biuf":
-            raise ValueError(f"cannot write frames of dtype {self.dtype}")
-        if n_frames is not None and n_frames < 1:
-            raise ValueError(f"n_frames must be >= 1 or None, got {n_frames}")
-        reserved = _RESERVED_METADATA & set(metadata or {})
-        if reserved:
-            raise ValueError(f"metadata keys {sorted(reserved)} are set by StackWriter")
-        if compression is not None and compression not in COMPRESSIONS:
-            raise ConfigError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
-        if imagej is None:
-            imagej = self.dtype in _IMAGEJ_DTYPES
-        elif imagej and self.dtype not in _IMAGEJ_DTYPES:
-            raise ConfigError(
-                f"ImageJ files hold uint8, uint16, int16 or float32 pixels, not {self.dtype}"
-            )
-        frame_bytes = math.prod(self.frame_shape) * self.dtype.itemsize
-        if bigtiff is None:
-            # Compressed pages can exceed the raw size by a little; IFDs add ~1 kB/page.
-            per_frame = frame_bytes + frame_bytes // 64 + 1024
-            bigtiff = n_frames is None or n_frames * per_frame > _CLASSIC_TIFF_LIMIT
-        self.bigtiff = bigtiff
-        self.imagej = imagej
-        self.n_frames = n_frames
-        self.frames_written = 0
-        self._metadata = dict(metadata or {})
-        self._compression = None if compression in (None, "none") else compression
-        self._channels = self.frame_shape[2] if len(self.frame_shape) == 3 else None
-
-        folder = self.path.parent
-        if not folder.is_dir():
-            problem = "is not a folder" if folder.exists() else "does not exist"
-            raise OutputError(f"cannot write to {self.path}: {folder} {problem}")
-        if self.path.is_dir():
-            raise OutputError(f"cannot write to {self.path}: it is a folder")
-        self._partial = partial_path(self.path)
-        try:
-            self._writer: tifffile.TiffWriter | None = tifffile.TiffWriter(
-                self._partial, bigtiff=bigtiff
-            )
-        except OSError as exc:
-            raise _output_error(self.path, exc) from exc
-
-    def write(self, frame: np.ndarray) -> None:
-        """Append one frame.
-
-        Raises:
-            ValueError: If the frame's shape or dtype differs from the declared ones, or
-                more than `n_frames` frames are written.
-            OutputError: If the disk is full or the file cannot be written; the
-                partial file is removed.
-        """
-        if self._writer is None:
-            raise ValueError(f"StackWriter for {self.path} is closed")
-        if not isinstance(frame, np.ndarray) or frame.shape != self.frame_shape:
-            shape = getattr(frame, "shape", type(frame).__name__)
-            raise ValueError(f"frame shape {shape} differs from the declared {self.frame_shape}")
-        if frame.dtype != self.dtype:
-            raise ValueError(f"frame dtype {frame.dtype} differs from the declared {self.dtype}")
-        if self.n_frames is not None and self.frames_written >= self.n_frames:
-            raise ValueError(f"{self.path} was declared with n_frames={self.n_frames}")
-        # Channels are stored as separate pages (TCYX), the layout ImageJ expects.
-        pages = frame if self._channels is None else np.moveaxis(frame, -1, 0)
-        first = self.frames_written == 0
-        try:
-            self._writer.write(
-                np.ascontiguousarray(pages),
-                photometric="minisblack",
-                compression=self._compression,
-                metadata=None,
-                # Provisional until close() rewrites it with the final frame count.
-                description=self._description(self.n_frames or 1) if first else None,
-                software="unetrt" if first else False,
-            )
-        except OSError as exc:
-            self.abort()
-            raise _output_error(self.path, exc) from exc
-        except BaseException:
-            self.abort()
-            raise
-        self.frames_written += 1
-
-    def close(self) -> None:
-        """Finish the file and move it onto `path` (replacing any existing file).
-
-        Raises:
-            ValueError: If no frame was written.
-            OutputError: If the file cannot be finished or renamed.
-        """
-        writer = self._writer
-        if writer is None:
-            return
-        if self.frames_written == 0:
-            self.abort()
-            raise ValueError(f"no frames were written to {self.path}")
-        try:
-            writer.overwrite_description(self._description(self.frames_written))
-            writer.close()
-            self._writer = None
-            os.replace(self._partial, self.path)
-        except OSError as exc:
-            self.abort()
-            raise _output_error(self.path, exc) from exc
-        except BaseException:
-            self.abort()
-            raise
-
-    def abort(self) -> None:
-        """Discard everything written so far; `path` is left as it was."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            # The file is deleted next, so a failed flush does not matter; it must be
-            # closed first because an open file cannot be deleted on Windows.
-            with contextlib.suppress(Exception):
-                writer.close()
-        self._partial.unlink(missing_ok=True)
-
-    def __enter__(self) -> StackWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-    def _description(self, count: int) -> str:
-        height, width = self.frame_shape[:2]
-        if self._channels is None:
-            shape: tuple[int, ...] = (count, height, width)
-            axes = "TYX"
-        else:
-            shape = (count, self._channels, height, width)
-            axes = "TCYX"
-        if self.imagej:
-            return str(tifffile.imagej_description(shape, axes=axes, **self._metadata))
-        return json.dumps({"shape": list(shape), "axes": axes, **self._metadata})
-
-
-def partial_path(path: Path) -> Path:
-    """The hidden name an output is written under until it is complete.
-
-    ``.<stem>.partial-<pid><suffix>`` beside `path`: hidden, unique per process, and
-    with the suffix kept for writers that check it (Keras wants ``.keras``).
-    """
-    return path.parent / f".{path.stem}.partial-{os.getpid()}{path.suffix}"
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield `partial_path(path)` to write; rename it onto `path` when the block ends.
-
-    If the block raises (Ctrl-C included), the partial file is deleted and an existing
-    file at `path` is left untouched. An `OSError` (full disk, no permission) becomes
-    an `OutputError` naming `path`.
-    """
-    partial = partial_path(path)
-    try:
-        yield partial
-        os.replace(partial, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _output_error(path: Path, exc: OSError) -> OutputError:
-    if exc.errno == errno.ENOSPC:
-        return OutputError(f"disk full while writing {path}; nothing was written")
-    return OutputError(f"cannot write to {path}: {exc.strerror or exc}")
+    return [(0, int(part)) if part.isdigit() else (1, part.lower()) for part in _DIGITS.split(text)]

@@ -1,0 +1,31 @@
+"""`Closeable`: the context-manager protocol for objects that hold a resource.
+
+Frame sources, models and backends all release something in ``close()`` and are used in
+``with`` blocks; they inherit ``__enter__`` / ``__exit__`` from here instead of each
+writing them again.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TypeVar
+
+_Self = TypeVar("_Self", bound="Closeable")
+
+
+class Closeable:
+    """Mixin: ``with obj:`` returns ``obj`` and calls ``obj.close()`` on the way out."""
+
+    def close(self) -> None:
+        """Release what the object holds; subclasses override."""
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,45 @@
+"""Streaming frame I/O: lazy readers, background prefetch and an atomic mask writer.
+
+One module per job:
+
+- `readers`: `open_frames` and the `FrameSource` it returns (multi-page TIFF, single
+  images, folders and glob patterns, read one frame at a time), plus the file-name
+  rules shared with training and evaluation (`IMAGE_SUFFIXES`, `frame_number`).
+- `prefetching`: `prefetch`, which reads the next frames in a background thread (the
+  module is not called ``prefetch`` so that the function does not hide it).
+- `writer`: `StackWriter`, which streams masks into a multi-page TIFF.
+- `atomic`: `atomic_output` and `partial_path`, so that an output appears only once it
+  is complete (the writer, model export, evaluation CSV and training outputs use them).
+
+Import the names from ``unetrt.io``; which submodule holds a name matters only to a test
+that patches it.
+"""
+
+from __future__ import annotations
+
+from .atomic import atomic_output, output_error, partial_path
+from .prefetching import prefetch
+from .readers import (
+    IMAGE_SUFFIXES,
+    MAX_CHANNELS,
+    READABLE_DTYPES,
+    FrameSource,
+    frame_number,
+    open_frames,
+)
+from .writer import COMPRESSIONS, StackWriter
+
+__all__ = [
+    "COMPRESSIONS",
+    "IMAGE_SUFFIXES",
+    "MAX_CHANNELS",
+    "READABLE_DTYPES",
+    "FrameSource",
+    "StackWriter",
+    "atomic_output",
+    "frame_number",
+    "open_frames",
+    "output_error",
+    "partial_path",
+    "prefetch",
+]

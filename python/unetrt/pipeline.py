@@ -1,0 +1,460 @@
+"""The frame pipeline: its stages, the per-video stream, and the executor seam.
+
+Every frame goes through the same stages, in this order::
+
+    prepare   check shape and values, illumination, the normalization's affine map
+    plan      the frame's tile plan (frozen per frame size in its `VideoStream`)
+    extract   tiles cut and normalized into the executor's input batch (C++ core)
+    run       the model on a batch of tiles (`unetrt.model.Model.predict`)
+    activate  logits to probabilities (`unetrt.masks.activate`)
+    stitch    tile cores (crop) or tapered windows (blend) into the frame (C++ core)
+    finish    the blend division, a check of the values, (H, W) or (H, W, K) out
+
+An executor drives them. `CpuExecutor` runs them on the host with the C++ core and any
+backend, packing tiles of consecutive frames into one engine call so that whole-frame
+tiles of small frames still run in batches; several frames are in flight at once
+(frames go in, probabilities come out in order). A CUDA executor implements the same
+`Executor` protocol with device buffers and streams.
+
+Ownership: the executor owns the input batch and the model-output buffers (reused for
+every batch); each frame in flight (`FrameJob`) owns its probability buffer, which is
+handed to the caller when the frame is done; a `VideoStream` owns what lives for one
+video (statistics, tile plans with their blend tapers, recurrent state).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from . import masks, tiling
+from .backends.base import channel_axis
+from .contract import ModelContract
+from .errors import ConfigError, InputError, ModelError
+from .model import Model
+from .normalize import Affine, Statistics, prepare_frame, sample_statistics
+
+STITCH_MODES = ("crop", "blend")
+
+
+# ----------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class TilePolicy:
+    """How frames are cut into tiles.
+
+    Attributes:
+        alignment: Tile sizes are multiples of this (the model's ``2**pools``).
+        halo: Context per tile side, pixels.
+        tile: Largest tile (height, width) asked for, ``None`` for ``"auto"``.
+        max_tile_pixels: With ``tile=None``: whole frames up to this many pixels go in
+            one tile, larger frames in square tiles of about this area.
+        fixed_tile: The model's only accepted (height, width), if it has one.
+    """
+
+    alignment: int
+    halo: int
+    tile: tuple[int, int] | None
+    max_tile_pixels: int
+    fixed_tile: tuple[int, int] | None = None
+
+    def plan(self, height: int, width: int) -> tiling.TilePlan:
+        """The tile plan for frames of this size."""
+        if self.fixed_tile is not None:
+            max_tile, fixed = self.fixed_tile, True
+        elif self.tile is not None:
+            max_tile, fixed = self.tile, False
+        else:
+            a = self.alignment
+            padded = (-(-height // a) * a, -(-width // a) * a)
+            side = int(self.max_tile_pixels**0.5)
+            fits = padded[0] * padded[1] <= self.max_tile_pixels
+            max_tile, fixed = (padded if fits else (side, side)), False
+        return tiling.plan_tiles(
+            height, width, alignment=self.alignment, halo=self.halo, max_tile=max_tile, fixed=fixed
+        )
+
+
+@dataclass(frozen=True)
+class FrameChecks:
+    """What `prepare` checks and fixes in a raw frame.
+
+    Attributes:
+        channels: Channels the model takes per frame.
+        nan: ``None``: a frame holding NaN is an error; a number: NaN reads as it.
+    """
+
+    channels: int
+    nan: float | None = None
+
+
+# ----------------------------------------------------------------------- per video
+@dataclass(eq=False)
+class PlannedSize:
+    """A frozen tile plan for one frame size, with what its stitching reuses."""
+
+    plan: tiling.TilePlan
+    taper: np.ndarray | None  # blend weights, computed once per plan
+
+
+class VideoStream:
+    """What belongs to one video while it is segmented.
+
+    One per input video (`unetrt.Segmenter.segment` opens one per input; live use gets
+    one from `unetrt.Segmenter.stream`). It holds the video's stack statistics (fixed
+    when it is opened), its tile plans (one per frame size, frozen at the first frame of
+    that size), the count of frames seen, and slots for recurrent state by tensor name
+    (empty for frame models; temporal step models keep their per-tile state here).
+
+    Args:
+        name: The video's name, for messages.
+        stats: Stack statistics for ``scope="stack"`` normalization (None otherwise).
+        describe_frame: Names frame ``i`` of the video in messages (default
+            ``"frame i of NAME"``).
+    """
+
+    def __init__(
+        self,
+        name: str = "frames",
+        stats: Statistics | None = None,
+        describe_frame: Callable[[int], str] | None = None,
+    ) -> None:
+        self.name = name
+        self.stats = stats
+        self.frames_seen = 0
+        self.state: dict[str, np.ndarray] = {}
+        self._describe = describe_frame
+        self._sizes: dict[tuple[int, int], PlannedSize] = {}
+
+    def describe_frame(self, index: int) -> str:
+        """How messages name frame ``index`` of this video."""
+        return self._describe(index) if self._describe else f"frame {index} of {self.name}"
+
+    def planned(self, policy: TilePolicy, height: int, width: int, blend: bool) -> PlannedSize:
+        """The frozen plan for frames of this size (made at the first such frame)."""
+        entry = self._sizes.get((height, width))
+        if entry is None:
+            plan = policy.plan(height, width)
+            taper = tiling.taper_weights(plan.tile_h, plan.tile_w) if blend else None
+            entry = self._sizes[(height, width)] = PlannedSize(plan, taper)
+        return entry
+
+    def __repr__(self) -> str:
+        return f"<VideoStream {self.name!r}: {self.frames_seen} frames>"
+
+
+def fit_statistics(
+    read: Callable[[int], np.ndarray],
+    n_frames: int,
+    contract: ModelContract,
+    checks: FrameChecks,
+    describe_frame: Callable[[int], str],
+) -> Statistics | None:
+    """Stack statistics for a video, if its normalization needs them.
+
+    The one "fit statistics when the scope is stack" step: segmenting a stack,
+    evaluating and the live stream all call this. Sampled frames pass the same checks
+    as every frame (`check_frame`).
+
+    Args:
+        read: Returns frame ``i`` of the video.
+        n_frames: Frames in the video.
+        contract: The contract in force (its normalization decides).
+        checks: The frame checks.
+        describe_frame: Names frame ``i`` in messages.
+
+    Returns:
+        The statistics, or None when the normalization is per frame or needs none.
+    """
+    spec = contract.normalization
+    if not needs_stack_statistics(contract):
+        return None
+    return sample_statistics(
+        lambda i: check_frame(read(i), checks, describe_frame(i)), n_frames, spec
+    )
+
+
+def needs_stack_statistics(contract: ModelContract) -> bool:
+    """True when the contract's normalization uses statistics of the whole stack."""
+    spec = contract.normalization
+    return spec.scope == "stack" and spec.method not in ("none", "range")
+
+
+# ----------------------------------------------------------------------- stages
+def check_shape(shape: tuple[int, ...], channels: int) -> None:
+    """Raises InputError unless frames of this shape fit a model of ``channels``.
+
+    (H, W) fits one channel, (H, W, C) fits C channels; (H, W, 1) is taken as (H, W).
+    """
+    if len(shape) == 3 and shape[-1] == 1 and channels == 1:
+        return
+    if (channels == 1 and len(shape) != 2) or (
+        channels > 1 and (len(shape) != 3 or shape[-1] != channels)
+    ):
+        expected = "(H, W)" if channels == 1 else f"(H, W, {channels})"
+        raise InputError(
+            f"the model takes frames of shape {expected} ({channels} channel"
+            f"{'s' if channels > 1 else ''}), got frames of shape {tuple(shape)}"
+        )
+
+
+def check_frame(frame: np.ndarray, checks: FrameChecks, label: str) -> np.ndarray:
+    """Stage 1a: a frame of the model's shape and with usable values.
+
+    Accepts (H, W) (or (H, W, 1)) for one-channel models and (H, W, C) for C channels.
+    Floating frames must be finite: NaN is an error unless ``checks.nan`` says what it
+    reads as; infinity is always an error (it has no intensity to normalize).
+
+    Raises:
+        InputError: Naming the frame (``label``) and what is wrong with it.
+    """
+    frame = np.asarray(frame)
+    if frame.ndim == 3 and frame.shape[-1] == 1 and checks.channels == 1:
+        frame = frame[..., 0]
+    check_shape(frame.shape, checks.channels)
+    if frame.dtype.kind == "f" and not np.isfinite(frame).all():
+        nan = np.isnan(frame)
+        infinite = int(np.count_nonzero(~nan & ~np.isfinite(frame)))
+        if infinite:
+            raise InputError(f"{label} holds {infinite} infinite pixel value(s); no mask made")
+        if checks.nan is None:
+            raise InputError(
+                f"{label} holds {int(np.count_nonzero(nan))} NaN pixel value(s); no mask "
+                f"made (use --nan VALUE, or nan=VALUE, to read NaN as a value)"
+            )
+        frame = np.where(nan, frame.dtype.type(checks.nan), frame)
+    return frame
+
+
+def prepare(
+    raw: np.ndarray, stream: VideoStream, contract: ModelContract, checks: FrameChecks
+) -> tuple[np.ndarray, Affine]:
+    """Stage 1: the checked frame the kernel reads and its normalization map."""
+    label = stream.describe_frame(stream.frames_seen)
+    frame = check_frame(raw, checks, label)
+    if needs_stack_statistics(contract) and stream.stats is None:
+        raise ConfigError(
+            "this model normalizes per stack: call fit_stack() with the stack first, "
+            "open a stream with its statistics, or use segment() which does it"
+        )
+    # The same two steps as training: illumination correction, then statistics.
+    return prepare_frame(frame, contract.normalization, stream.stats)
+
+
+@dataclass(eq=False)
+class FrameJob:
+    """A frame in flight: its tiles are extracted, run and stitched into `probabilities`.
+
+    The frame itself is dropped as soon as its last tile is extracted.
+    """
+
+    index: int
+    label: str
+    frame: np.ndarray | None
+    affine: Affine
+    planned: PlannedSize
+    probabilities: np.ndarray
+    weight_sum: np.ndarray | None
+    remaining: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.remaining = self.planned.plan.n_tiles
+
+    @property
+    def plan(self) -> tiling.TilePlan:
+        """The frame's tile plan."""
+        return self.planned.plan
+
+
+def stitch(job: FrameJob, outputs: np.ndarray, tiles: slice, layout: str, threads: int) -> None:
+    """Stage 6: model outputs of consecutive tiles of one frame into its result."""
+    if job.weight_sum is None:
+        tiling.stitch_crop(
+            outputs, job.plan, tiles, job.probabilities, layout=layout, threads=threads
+        )
+    else:
+        assert job.planned.taper is not None
+        tiling.stitch_blend(
+            outputs,
+            job.plan,
+            tiles,
+            job.planned.taper,
+            job.probabilities,
+            job.weight_sum,
+            layout=layout,
+            threads=threads,
+        )
+    job.remaining -= tiles.stop - tiles.start
+
+
+def finish(job: FrameJob, threads: int) -> np.ndarray:
+    """Stage 7: the frame's probabilities, (H, W) for one channel or (H, W, K).
+
+    Raises:
+        ModelError: If the model produced NaN or infinity for the frame (a broken or
+            overflowing model would otherwise give a silently empty mask).
+    """
+    if job.weight_sum is not None:
+        tiling.finish_blend(job.probabilities, job.weight_sum, threads=threads)
+    probs = job.probabilities
+    if not np.isfinite(probs).all():
+        raise ModelError(f"the model produced NaN or infinite values for {job.label}")
+    return probs[..., 0] if probs.shape[-1] == 1 else probs
+
+
+# ----------------------------------------------------------------------- executors
+class Executor(Protocol):
+    """Drives the stages for a stream of frames of one video.
+
+    Implementations keep several frames in flight and return results in submission
+    order; they own their batch buffers and reuse them across calls.
+    """
+
+    def run(self, stream: VideoStream, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Probabilities of each frame, in order (see `finish`)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """What an executor needs besides the model.
+
+    Attributes:
+        contract: The contract in force (overrides applied).
+        tiles: How frames are cut.
+        checks: What is checked in each raw frame.
+        batch: Tiles per engine call.
+        stitch: ``"crop"`` or ``"blend"``.
+        threads: Threads for the C++ core (the same budget as the engine's).
+    """
+
+    contract: ModelContract
+    tiles: TilePolicy
+    checks: FrameChecks
+    batch: int = 1
+    stitch: str = "crop"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise ConfigError(f"batch must be >= 1, got {self.batch}")
+        if self.stitch not in STITCH_MODES:
+            raise ConfigError(f"stitch must be one of {STITCH_MODES}, got {self.stitch!r}")
+
+
+class CpuExecutor:
+    """The host executor: C++ core for tiles and stitching, any backend for the model.
+
+    Tiles of consecutive frames share engine calls (``batch`` tiles per call), so at
+    most about ``batch`` frames are in flight whatever the stack length.
+
+    Args:
+        model: The opened model.
+        config: Tiling, batching and stitching options.
+    """
+
+    def __init__(self, model: Model, config: ExecutorConfig) -> None:
+        self.model = model
+        self.config = config
+        self.classes = model.output_channels or 1
+        # A model with a fixed batch size gets full batches; padding rows are ignored.
+        self._padded = model.accepted.fixed_batch is not None
+        self._inputs: np.ndarray | None = None
+        self._outputs: np.ndarray | None = None
+
+    def run(self, stream: VideoStream, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Probabilities of each frame, in order; see `Executor.run`."""
+        threads = self.config.threads
+        pending: deque[FrameJob] = deque()
+        slots: list[tuple[FrameJob, int]] = []
+        for raw in frames:
+            job = self._new_job(stream, raw)
+            pending.append(job)
+            shape = self._tile_shape(job.plan)
+            if self._inputs is None or self._inputs.shape[1:] != shape:
+                if slots:  # a frame of another size: run what is batched first
+                    self._run_batch(slots)
+                    slots.clear()
+                self._allocate(shape)
+            inputs, frame = self._inputs, job.frame
+            assert inputs is not None and frame is not None
+            for index in range(job.plan.n_tiles):
+                k = len(slots)
+                tiling.extract_tiles(
+                    frame,
+                    job.plan,
+                    slice(index, index + 1),
+                    job.affine,
+                    layout=self.config.contract.layout,
+                    out=inputs[k : k + 1],
+                    threads=threads,
+                )
+                slots.append((job, index))
+                if index == job.plan.n_tiles - 1:
+                    job.frame = None  # every tile is cut: the frame is no longer needed
+                if len(slots) == self.config.batch:
+                    self._run_batch(slots)
+                    slots.clear()
+            while pending and pending[0].remaining == 0:
+                yield finish(pending.popleft(), threads)
+        if slots:
+            self._run_batch(slots)
+        while pending:
+            yield finish(pending.popleft(), threads)
+
+    def _new_job(self, stream: VideoStream, raw: np.ndarray) -> FrameJob:
+        config = self.config
+        label = stream.describe_frame(stream.frames_seen)
+        frame, affine = prepare(raw, stream, config.contract, config.checks)
+        blend = config.stitch == "blend"
+        planned = stream.planned(config.tiles, frame.shape[0], frame.shape[1], blend)
+        shape = (frame.shape[0], frame.shape[1], self.classes)
+        job = FrameJob(
+            index=stream.frames_seen,
+            label=label,
+            frame=frame,
+            affine=affine,
+            planned=planned,
+            probabilities=np.zeros(shape, np.float32) if blend else np.empty(shape, np.float32),
+            weight_sum=np.zeros(shape[:2], np.float32) if blend else None,
+        )
+        stream.frames_seen += 1
+        return job
+
+    def _tile_shape(self, plan: tiling.TilePlan) -> tuple[int, int, int]:
+        c = self.config.contract.channels
+        if self.config.contract.layout == "NHWC":
+            return (plan.tile_h, plan.tile_w, c)
+        return (c, plan.tile_h, plan.tile_w)
+
+    def _allocate(self, tile_shape: tuple[int, int, int]) -> None:
+        batch = self.config.batch
+        self._inputs = np.empty((batch, *tile_shape), np.float32)
+        layout = self.config.contract.layout
+        out_shape = list((batch, *tile_shape))
+        out_shape[channel_axis(layout)] = self.classes
+        known = self.model.output_channels is not None
+        self._outputs = np.empty(out_shape, np.float32) if known else None
+
+    def _run_batch(self, slots: list[tuple[FrameJob, int]]) -> None:
+        """Stages 4-6 for one batch: run, activate, stitch."""
+        assert self._inputs is not None
+        n = len(slots)
+        rows = self.config.batch if self._padded else n
+        out = None if self._outputs is None else self._outputs[:rows]
+        outputs = self.model.predict(self._inputs[:rows], out)[:n]
+        layout = self.config.contract.layout
+        outputs = masks.activate(outputs, self.config.contract.output, channel_axis(layout))
+        # Stitch runs of consecutive tiles of the same frame with one call each.
+        start = 0
+        while start < n:
+            job, first = slots[start]
+            stop = start + 1
+            while stop < n and slots[stop][0] is job:
+                stop += 1
+            tiles = slice(first, first + (stop - start))
+            stitch(job, outputs[start:stop], tiles, layout, self.config.threads)
+            start = stop

@@ -1,0 +1,155 @@
+"""The halo of a foreign trained U-Net: tiled output must equal the whole-frame output.
+
+The foreign model is the shipped default model (a trained Keras U-Net, 3 poolings,
+batch norm, transposed convolutions, exported with tf2onnx) with its contract removed,
+so the engine has to work the halo out itself. An impulse probe on random images
+underestimated it (ReLUs silent around the probe), and tiles then differed from the
+whole frame; the graph bound of `unetrt.onnxgraph` is an upper bound by construction.
+
+Oracle: `Segmenter(tile="auto")` runs each 520 x 696 frame as one tile; tiles whose
+halo is the graph bound, rounded up to the alignment, must reproduce it. Tiles are 256
+and 320 pixels (20 and 12 tiles a frame, so tile borders cross cells everywhere): the
+smallest allowed with a 56-pixel halo is 2 * 56 + 8 = 120, and small tiles cost much
+more runtime for no more coverage (a 128-pixel tile keeps a 16-pixel core).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from unetrt import Segmenter, onnxgraph
+
+onnx = pytest.importorskip("onnx")
+from unetrt import testing  # noqa: E402  (needs onnx)
+
+DEFAULT = Path(__file__).resolve().parents[1] / "python" / "unetrt" / "models" / "default.onnx"
+ALIGNMENT = 8  # 2**pools of the default model
+SHAPE = (520, 696)  # a U373 frame
+TILES = (256, 320)
+TOLERANCE = 1e-4
+
+
+def _data_root() -> Path:
+    env = os.environ.get("UNETRT_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _frames_dir() -> Path:
+    frames = _data_root() / "ctc-u373-02" / "frames"
+    if not frames.is_dir():
+        pytest.skip(f"U373 frames not found at {frames} (set UNETRT_DATA to the shared data)")
+    return frames
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model without its contract, as a model from elsewhere would come."""
+    model = onnx.load(str(DEFAULT))
+    del model.metadata_props[:]
+    path = tmp_path_factory.mktemp("foreign") / "foreign_unet.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def whole(foreign: Path) -> Iterator[Segmenter]:
+    with Segmenter(foreign, tile="auto") as seg:
+        yield seg
+
+
+def _halo(foreign: Path) -> int:
+    bound = onnxgraph.receptive_field(onnxgraph.read_graph(foreign))
+    assert bound.radius is not None, bound.reason
+    return -(-bound.radius // ALIGNMENT) * ALIGNMENT
+
+
+def _synthetic_frame() -> np.ndarray:
+    """Cell-sized smooth blobs on a gradient, plus noise: a phase-contrast-like uint8 frame."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(7)
+    h, w = SHAPE
+    blobs = gaussian_filter(rng.random(SHAPE), 12.0)
+    blobs = (blobs - blobs.min()) / (blobs.max() - blobs.min())
+    ramp = np.linspace(0.0, 0.2, w)[None, :]
+    image = 60 + 140 * blobs + 40 * ramp + rng.normal(0.0, 8.0, SHAPE)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _check_tiles_match(seg: Segmenter, whole: Segmenter, frame: np.ndarray) -> None:
+    assert whole.plan_for(*frame.shape).n_tiles == 1
+    assert seg.plan_for(*frame.shape).n_tiles > 1
+    tiled = seg.predict_frame(frame)
+    np.testing.assert_allclose(tiled, whole.predict_frame(frame), rtol=0, atol=TOLERANCE)
+
+
+def test_the_foreign_model_has_no_contract(foreign: Path) -> None:
+    assert onnxgraph.read_metadata(foreign) == {}
+
+
+def test_graph_bound_of_the_foreign_model_is_its_analytic_radius(foreign: Path) -> None:
+    bound = onnxgraph.receptive_field(onnxgraph.read_graph(foreign))
+    assert bound.radius == testing.unet_receptive_radius(pools=3, kernel=3) == 51
+    assert bound.alignment == ALIGNMENT
+    assert _halo(foreign) == 56
+
+
+@pytest.mark.parametrize("tile", TILES)
+def test_tiles_with_the_graph_halo_match_the_whole_frame(
+    foreign: Path, whole: Segmenter, tile: int
+) -> None:
+    with Segmenter(foreign, tile=tile, halo=_halo(foreign)) as seg:
+        _check_tiles_match(seg, whole, _synthetic_frame())
+
+
+@pytest.mark.data
+@pytest.mark.parametrize(
+    ("name", "tile"), [("t000.tif", 256), ("t060.tif", 320), ("t113.tif", 256)]
+)
+def test_tiles_with_the_graph_halo_match_the_whole_frame_on_u373(
+    foreign: Path, whole: Segmenter, name: str, tile: int
+) -> None:
+    frame = tifffile.imread(_frames_dir() / name)
+    assert frame.shape == SHAPE and frame.dtype == np.uint8
+    with Segmenter(foreign, tile=tile, halo=_halo(foreign)) as seg:
+        _check_tiles_match(seg, whole, frame)
+
+
+@pytest.mark.data
+def test_the_bound_is_reached_on_a_real_frame(foreign: Path) -> None:
+    # Influence measured the way the probe does it, but on a real frame normalised as
+    # the model was trained: it reaches as far as the structure allows, so no smaller
+    # halo is safe for this model.
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(foreign), providers=["CPUExecutionProvider"])
+    frame = tifffile.imread(_frames_dir() / "t040.tif").astype(np.float32)[:256, :256]
+    lo, hi = np.percentile(frame, [1.0, 99.8])
+    image = ((frame - lo) / (hi - lo)).astype(np.float32)[None, :, :, None]
+    base = session.run(None, {"frame": image})[0]
+    reach = 0
+    for d in range(ALIGNMENT):
+        c = 128 + d
+        hit = image.copy()
+        hit[0, c, c, 0] += 10.0
+        changed = (session.run(None, {"frame": hit})[0] != base).any(axis=(0, 3))
+        rows, cols = np.nonzero(changed.any(axis=1))[0], np.nonzero(changed.any(axis=0))[0]
+        reach = max(reach, c - rows.min(), rows.max() - c, c - cols.min(), cols.max() - c)
+    bound = onnxgraph.receptive_field(onnxgraph.read_graph(foreign)).radius
+    assert bound is not None
+    assert reach <= bound
+
+
+@pytest.mark.parametrize("tile", TILES[:1])
+def test_tiles_with_the_automatic_halo_match_the_whole_frame(
+    foreign: Path, whole: Segmenter, tile: int
+) -> None:
+    # What a user gets without giving a halo: the engine's inferred halo must be safe.
+    with Segmenter(foreign, tile=tile) as seg:
+        assert seg.contract.halo >= _halo(foreign)
+        _check_tiles_match(seg, whole, _synthetic_frame())
