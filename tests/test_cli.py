@@ -346,3 +346,61 @@ def test_glob_input_writes_beside_the_folder(affine, tmp_path):
     np.testing.assert_array_equal(expected, np.where(data >= 8, 255, 0))
     np.testing.assert_array_equal(masks, expected)  # in file-name order
     assert sorted(p.name for p in frames.iterdir()) == ["t000.tif", "t001.tif", "t002.tif"]
+
+
+# --- built-in models and bad values inside good files ----------------------------------
+
+
+def test_model_default_by_name(tmp_path):
+    from unetrt import Segmenter
+
+    # Phase-contrast-like cells: dark bodies with a bright halo on a noisy grey background.
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:96, :128]
+    frames = []
+    for shift in (0, 6):
+        frame = 120.0 + rng.normal(0, 5, yy.shape)
+        for r, (cy, cx) in ((14, (40, 50 + shift)), (10, (60, 95 - shift))):
+            d = np.hypot(yy - cy, xx - cx)
+            frame += np.where(d < r, -30, 0) + np.where((d >= r) & (d < r + 3), 60, 0)
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+    frames = np.stack(frames)
+    src = tmp_path / "cells.tif"
+    tifffile.imwrite(src, frames, photometric="minisblack")
+    named = run_cli("segment", src, "--model", "default", "-o", tmp_path / "named.tif", "-q")
+    assert named.returncode == 0, named.stderr
+    implicit = run_cli("segment", src, "-o", tmp_path / "implicit.tif", "-q")
+    assert implicit.returncode == 0, implicit.stderr
+    with Segmenter() as seg:
+        expected = np.stack([seg.segment_frame(f) for f in frames])
+    assert 0 < np.count_nonzero(expected) < expected.size
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "named.tif"), expected)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "implicit.tif"), expected)
+
+
+def test_info_default_and_the_list_of_builtin_models():
+    from unetrt.contract import load_contract
+    from unetrt.models import builtin_path
+
+    listed = run_cli("info")
+    assert listed.returncode == 0, listed.stderr
+    assert "default" in listed.stdout and "built-in models" in listed.stdout
+    info = run_cli("info", "default", "--json")
+    assert info.returncode == 0, info.stderr
+    report = json.loads(info.stdout)
+    assert report["model"] == str(builtin_path("default"))
+    assert report["contract"] == load_contract(builtin_path("default")).to_dict()
+    assert set(report["inferred"].values()) == {"model contract"}
+
+
+def test_nan_frame_is_one_line_naming_the_frame_and_no_output(affine, tmp_path):
+    frames = np.random.default_rng(4).random((4, 40, 52)).astype(np.float32)
+    frames[2, 5, 7] = np.nan
+    src = tmp_path / "float.tif"
+    tifffile.imwrite(src, frames, photometric="minisblack")
+    result = run_cli("segment", src, "--model", affine, "-o", tmp_path / "out.tif")
+    assert_user_error(result, "frame 2 of float.tif", "NaN", "--nan")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["float.tif"]
+    ok = run_cli("segment", src, "--model", affine, "-o", tmp_path / "out.tif", "--nan", "0", "-q")
+    assert ok.returncode == 0, ok.stderr
+    assert tifffile.imread(tmp_path / "out.tif").shape == (4, 40, 52)

@@ -10,6 +10,7 @@ sampling grid reaches exactly as far as the structure allows.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -537,6 +538,51 @@ SINGLE_OPS: dict[str, tuple[Any, tuple[int, int], int]] = {
         (4, 0),
         1,
     ),
+    "shifted copies concatenated along the height": (
+        # x[i - 1] and x[i + 1] with clamped edges, as a bilinear upsampling built from
+        # slices computes them (the size-dependent offsets of x[-1:] cancel out)
+        _graph(
+            [
+                helper.make_node("Slice", ["x", "zero", "one", "two"], ["first"]),
+                helper.make_node("Slice", ["x", "zero", "minus_one", "two"], ["head"]),
+                helper.make_node("Concat", ["first", "head"], ["before"], axis=2),
+                helper.make_node("Slice", ["x", "one", "end", "two"], ["tail"]),
+                helper.make_node("Slice", ["x", "minus_one", "end", "two"], ["last"]),
+                helper.make_node("Concat", ["tail", "last"], ["after"], axis=2),
+                helper.make_node("Sum", ["before", "x", "after"], ["y"]),
+            ],
+            [
+                _c("zero", [0]),
+                _c("one", [1]),
+                _c("two", [2]),
+                _c("minus_one", [-1]),
+                _c("end", [2**62]),
+            ],
+        ),
+        (1, 0),
+        1,
+    ),
+    "maxpool, then interleaved copies (stack and reshape)": (
+        _graph(
+            [
+                helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+                helper.make_node("Unsqueeze", ["p", "three"], ["u"]),
+                helper.make_node("Concat", ["u", "u"], ["pairs"], axis=3),
+                helper.make_node("Shape", ["x"], ["xs"]),
+                helper.make_node("Shape", ["p"], ["ps"]),
+                helper.make_node("Slice", ["xs", "zero", "three"], ["nch"]),
+                helper.make_node("Slice", ["ps", "three", "four"], ["w"]),
+                helper.make_node("Concat", ["nch", "w"], ["target"], axis=0),
+                helper.make_node("Reshape", ["pairs", "target"], ["rows"]),
+                helper.make_node("Unsqueeze", ["rows", "four"], ["v"]),
+                helper.make_node("Concat", ["v", "v"], ["cols"], axis=4),
+                helper.make_node("Reshape", ["cols", "xs"], ["y"]),
+            ],
+            [_c("zero", [0]), _c("three", [3]), _c("four", [4])],
+        ),
+        (1, 1),
+        2,
+    ),
     "space to depth, 1x1 conv, depth to space": (
         _graph(
             [
@@ -627,7 +673,7 @@ def test_global_pooling_cannot_be_bounded() -> None:
             ],
             [],
             [],
-            "merges or splits",
+            "scatters the height axis",
         ),
     ],
 )
@@ -699,3 +745,33 @@ def test_default_model_is_bounded_in_well_under_100_ms() -> None:
         best = min(best, time.perf_counter() - start)
     print(f"read_graph + receptive_field on default.onnx: {best * 1e3:.1f} ms")
     assert best < 0.1
+
+
+KERAS_CONFIGS = [
+    {"upsampling": "interpolation"},  # bilinear built from slices, concat and reshape
+    {"downsampling": "strided", "kernel_size": 5},  # TF "same" padding on stride 2
+    {"pools": 3, "dilation": (2, 1, 1), "batch_norm": True},  # tf2onnx: SpaceToDepth + Pad
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("UNETRT_SLOW"), reason="slow: set UNETRT_SLOW=1")
+@pytest.mark.parametrize("options", KERAS_CONFIGS, ids=lambda o: ",".join(map(str, o.values())))
+def test_keras_exports_are_bounded_as_their_architecture_says(
+    tmp_path: Path, options: dict[str, Any]
+) -> None:
+    # tf2onnx rewrites layers (dilated convolutions, dynamic crops, shape arithmetic);
+    # the bound must still be the training module's analytic radius and cover the
+    # measured influence.
+    pytest.importorskip("tensorflow")
+    from unetrt.export import export
+    from unetrt.train.models import UNetConfig, alignment, build_model, receptive_field
+
+    cfg = UNetConfig(**{"pools": 2, "filters": 4, **options})
+    build_model(cfg).save(tmp_path / "m.keras")
+    export(tmp_path / "m.keras", tmp_path / "m.onnx")
+    bound = onnxgraph.receptive_field(onnxgraph.read_graph(tmp_path / "m.onnx"))
+    assert bound.radius == receptive_field(cfg), bound.reason
+    assert bound.alignment == alignment(cfg)
+    data = (tmp_path / "m.onnx").read_bytes()
+    assert _measured_nhwc(data, "frame", grid=alignment(cfg)) <= bound.radius

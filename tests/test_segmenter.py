@@ -160,7 +160,7 @@ def test_wrong_channels_is_an_input_error(unet_path):
         seg.predict_frame(np.zeros((20, 20, 3), np.uint8))
 
 
-def test_stack_scope_uses_fixed_statistics(unet_path):
+def test_stack_scope_uses_fixed_statistics(unet_path, tmp_path):
     rng = np.random.default_rng(6)
     bright = rng.integers(100, 200, (32, 32), dtype=np.uint8)
     dark = (bright // 2).astype(np.uint8)
@@ -172,6 +172,19 @@ def test_stack_scope_uses_fixed_statistics(unet_path):
     with Segmenter(unet_path) as per_frame:
         b = per_frame.predict_frame(dark)
     assert not np.allclose(a, b, atol=1e-3)  # the mean of the stack, not of the frame
+    # Exactly: the dark frame normalized with the bright frame's mean, through an identity.
+    path = tmp_path / "identity.onnx"
+    save(affine_model(scale=1.0, offset=0.0), path)
+    with Segmenter(path, normalization=Normalization(method="mean", scope="stack")) as ident:
+        ident.fit_stack([bright])
+        got = ident.predict_frame(dark)
+    expected = np.clip(
+        dark.astype(np.float32) * np.float32(1 / 255)
+        + np.float32(0.5 - bright.mean(dtype=np.float64) / 255),
+        0.0,
+        1.0,
+    )
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_segment_stack_to_disk(unet_path, tmp_path):

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__, build_info
 from .errors import ConfigError, UnetrtError, require
@@ -19,6 +20,34 @@ EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 Command = Callable[[argparse.Namespace], int]
+
+#: Subcommand -> (its line in `unetrt --help`, its description in `unetrt NAME --help`).
+COMMANDS: dict[str, tuple[str, str | None]] = {
+    "segment": (
+        "segment a TIFF stack, a folder or a glob of frames into a mask stack",
+        "Segment every frame of INPUT and write a uint8 mask stack "
+        "(0 background, 255 foreground; class index for multi-class models).",
+    ),
+    "info": (
+        "show a model's contract and what was inferred",
+        None,
+    ),
+    "train": (
+        "train a U-Net from a JSON training configuration (needs unetrt[train])",
+        "Train the model CONFIG describes; writes model.keras, config.json, "
+        "log.csv, checkpoints/ and montages/ into the output folder.",
+    ),
+    "export": (
+        "export a trained Keras model to ONNX with its contract (needs unetrt[train])",
+        "Convert MODEL.keras to ONNX (input 'frame', dynamic batch/height/width, "
+        "the model contract in its metadata) and check ONNX Runtime against Keras.",
+    ),
+    "evaluate": (
+        "segment annotated frames and report Dice, IoU and pixel difference",
+        "Segment IMAGES with the engine and compare with MASKS (foreground: "
+        "label > 0) frame by frame.",
+    ),
+}
 
 
 def parse_frames(text: str) -> slice:
@@ -73,15 +102,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     )
     with Segmenter(
         args.model,
-        backend=args.backend,
-        device=args.device,
-        tile=args.tile,
+        **_run_options(args),
         halo=args.halo,
-        batch=args.batch,
         stitch=args.stitch,
         normalization=_normalization_changes(args),
-        threshold=args.threshold,
-        threads=args.threads,
         postprocess=postprocess,
         nan=args.nan,
     ) as segmenter:
@@ -171,12 +195,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.masks,
         csv=args.csv,
         pair=args.pair,
-        backend=args.backend,
-        device=args.device,
-        tile=args.tile,
-        batch=args.batch,
-        threshold=args.threshold,
-        threads=args.threads,
+        **_run_options(args),
         postprocess=PostProcess(min_size=args.min_size, fill_holes=args.fill_holes),
     )
     print(report.table())
@@ -198,23 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    seg = sub.add_parser(
-        "segment",
-        help="segment a TIFF stack, a folder or a glob of frames into a mask stack",
-        description="Segment every frame of INPUT and write a uint8 mask stack "
-        "(0 background, 255 foreground; class index for multi-class models).",
-    )
+    seg = _command(sub, "segment", _cmd_segment)
     seg.add_argument("input", help="multi-page TIFF, single frame, folder, or glob of frames")
     seg.add_argument("-o", "--output", help="mask stack to write (default: <input>_mask.tif)")
-    seg.add_argument(
-        "--model", help="ONNX model, or a built-in model name (default: 'default'; see unetrt info)"
-    )
     _add_engine_options(seg)
-    seg.add_argument(
-        "--tile", default="auto", help="'auto' (default: whole frame when it fits), SIZE or HxW"
-    )
+    _add_run_options(seg)
     seg.add_argument("--halo", default="auto", help="'auto' (from the model) or PIXELS")
-    seg.add_argument("--batch", type=int, default=1, help="tiles per engine call (default 1)")
     seg.add_argument(
         "--stitch",
         choices=("crop", "blend"),
@@ -233,14 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="correct uneven illumination with a Gaussian background of this "
         "sigma in pixels (0 turns it off)",
     )
-    seg.add_argument("--threshold", type=float, help="foreground threshold (default: model's)")
     seg.add_argument(
         "--probabilities", metavar="PATH", help="also write float32 probabilities to PATH"
     )
     seg.add_argument("--frames", metavar="START:STOP", help="only these frames (0-based)")
-    seg.add_argument(
-        "--threads", type=int, help="CPU threads for the engine and the core (default: all)"
-    )
     seg.add_argument(
         "--nan",
         type=float,
@@ -248,32 +252,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="read NaN pixels of float frames as VALUE (default: a frame with NaN is an error)",
     )
     seg.add_argument(
-        "--min-size", type=int, default=0, metavar="N", help="remove objects smaller than N pixels"
-    )
-    seg.add_argument("--fill-holes", action="store_true", help="fill holes in objects")
-    seg.add_argument(
         "--clear-border", action="store_true", help="drop objects touching the frame border"
     )
     seg.add_argument(
         "--label", action="store_true", help="write uint16 instance labels instead of a binary mask"
     )
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
-    seg.set_defaults(func=_cmd_segment)
 
-    info = sub.add_parser("info", help="show a model's contract and what was inferred")
+    info = _command(sub, "info", _cmd_info)
     info.add_argument(
         "model", nargs="?", help="ONNX model or built-in model name (none: list the built-in ones)"
     )
     _add_engine_options(info)
     info.add_argument("--json", action="store_true", help="machine-readable output")
-    info.set_defaults(func=_cmd_info)
 
-    tr = sub.add_parser(
-        "train",
-        help="train a U-Net from a JSON training configuration (needs unetrt[train])",
-        description="Train the model CONFIG describes; writes model.keras, config.json, "
-        "log.csv, checkpoints/ and montages/ into the output folder.",
-    )
+    tr = _command(sub, "train", _cmd_train)
     tr.add_argument("config", help="training configuration (JSON)")
     tr.add_argument("--output-dir", help="output folder (default: the config's output_dir)")
     tr.add_argument(
@@ -281,14 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--epochs", type=int, help="total epochs (overrides train_max_epochs)")
     tr.add_argument("-q", "--quiet", action="store_true", help="no per-epoch log lines")
-    tr.set_defaults(func=_cmd_train)
 
-    ex = sub.add_parser(
-        "export",
-        help="export a trained Keras model to ONNX with its contract (needs unetrt[train])",
-        description="Convert MODEL.keras to ONNX (input 'frame', dynamic batch/height/width, "
-        "the model contract in its metadata) and check ONNX Runtime against Keras.",
-    )
+    ex = _command(sub, "export", _cmd_export)
     ex.add_argument("model", help="trained Keras model (.keras)")
     ex.add_argument("-o", "--output", required=True, help="ONNX model to write")
     ex.add_argument(
@@ -306,17 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest difference allowed between ONNX Runtime and Keras (default 1e-4)",
     )
     ex.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    ex.set_defaults(func=_cmd_export)
 
-    ev = sub.add_parser(
-        "evaluate",
-        help="segment annotated frames and report Dice, IoU and pixel difference",
-        description="Segment IMAGES with the engine and compare with MASKS (foreground: "
-        "label > 0) frame by frame.",
-    )
-    ev.add_argument(
-        "--model", help="ONNX model, or a built-in model name (default: 'default'; see unetrt info)"
-    )
+    ev = _command(sub, "evaluate", _cmd_evaluate)
     ev.add_argument("--images", required=True, help="frames: stack, folder or glob")
     ev.add_argument("--masks", required=True, help="ground-truth masks: stack, folder or glob")
     ev.add_argument("--csv", metavar="PATH", help="write per-frame scores and the mean to PATH")
@@ -328,16 +306,41 @@ def build_parser() -> argparse.ArgumentParser:
         "(default auto: by number when both are folders of numbered files)",
     )
     _add_engine_options(ev)
-    ev.add_argument("--tile", default="auto", help="'auto', SIZE or HxW")
-    ev.add_argument("--batch", type=int, default=1, help="tiles per engine call (default 1)")
-    ev.add_argument("--threshold", type=float, help="foreground threshold (default: model's)")
-    ev.add_argument("--threads", type=int, help="CPU threads for the engine")
-    ev.add_argument(
+    _add_run_options(ev)
+    return parser
+
+
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Segmenter options of `_add_engine_options` and `_add_run_options`."""
+    names = ("backend", "device", "tile", "batch", "threshold", "threads")
+    return {name: getattr(args, name) for name in names}
+
+
+def _command(sub: Any, name: str, func: Command) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name`` (texts from `COMMANDS`), running ``func``."""
+    help_line, description = COMMANDS[name]
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_line, description=description)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options that segment and evaluate share: model, tiles, threshold, clean-up."""
+    parser.add_argument(
+        "--model", help="ONNX model, or a built-in model name (default: 'default'; see unetrt info)"
+    )
+    parser.add_argument(
+        "--tile", default="auto", help="'auto' (default: whole frame when it fits), SIZE or HxW"
+    )
+    parser.add_argument("--batch", type=int, default=1, help="tiles per engine call (default 1)")
+    parser.add_argument("--threshold", type=float, help="foreground threshold (default: model's)")
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads for the engine and the core (default: all)"
+    )
+    parser.add_argument(
         "--min-size", type=int, default=0, metavar="N", help="remove objects smaller than N pixels"
     )
-    ev.add_argument("--fill-holes", action="store_true", help="fill holes in objects")
-    ev.set_defaults(func=_cmd_evaluate)
-    return parser
+    parser.add_argument("--fill-holes", action="store_true", help="fill holes in objects")
 
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:

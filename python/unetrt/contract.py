@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from .errors import ModelError, check_keys
 from .normalize import Normalization
 
 #: Names that export, training and the engine share (one definition for all of them).
@@ -125,13 +125,8 @@ class ModelContract:
         Raises:
             ModelError: On unknown keys or invalid values.
         """
-        if not isinstance(data, dict):
-            raise ModelError(f"model contract must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ModelError(f"model contract has unknown keys: {', '.join(unknown)}")
-        values = dict(data)
+        known = (f.name for f in dataclasses.fields(cls))
+        values = dict(check_keys(data, "model contract", known, ModelError))
         if "normalization" in values:
             values["normalization"] = Normalization.from_dict(values["normalization"])
         if "classes" in values:

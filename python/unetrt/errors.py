@@ -8,6 +8,7 @@ non-zero without a traceback; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -56,3 +57,30 @@ def require(module: str, extra: str) -> Any:
         raise MissingDependencyError(
             f"{module} is not installed; install it with: pip install 'unetrt[{extra}]'"
         ) from exc
+
+
+def check_keys(
+    data: object, what: str, known: Iterable[str], error: type[UnetrtError]
+) -> dict[str, Any]:
+    """Check the plain-JSON form of a settings object before building it.
+
+    Args:
+        data: The parsed JSON value.
+        what: How messages name it, e.g. ``"model contract"``.
+        known: The keys it may have.
+        error: The error class to raise.
+
+    Returns:
+        ``data`` itself, now known to be a dict.
+
+    Raises:
+        error: If ``data`` is not a JSON object or has keys outside ``known`` (all
+            named, with the valid ones).
+    """
+    if not isinstance(data, dict):
+        raise error(f"{what} must be a JSON object, got {type(data).__name__} {data!r}")
+    valid = sorted(known)
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise error(f"{what} has unknown keys: {', '.join(unknown)} (valid: {', '.join(valid)})")
+    return data

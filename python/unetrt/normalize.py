@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _core
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, check_keys
 
 METHODS = ("none", "range", "mean", "median", "percentile")
 SCOPES = ("frame", "stack")
@@ -79,12 +79,8 @@ class Normalization:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Normalization:
         """Build from the plain-JSON form, rejecting unknown keys."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"normalization must be a JSON object, got {data!r}")
-        unknown = sorted(set(data) - {"method", "scope", "low", "high", "illumination_sigma"})
-        if unknown:
-            raise ConfigError(f"normalization has unknown keys: {', '.join(unknown)}")
-        return cls(**data)
+        known = ("method", "scope", "low", "high", "illumination_sigma")
+        return cls(**check_keys(data, "normalization", known, ConfigError))
 
 
 class Affine(NamedTuple):

@@ -637,6 +637,7 @@ class _AxisMap:
     """Maps the hull of output pixels ``[a, b]`` along one axis to the input pixels read."""
 
     factor: Fraction  # input tensor pixels per output tensor pixel
+    moves = True  # whether it reads other pixels than its own (for the reason's op count)
 
     def __call__(self, a: IntArray, b: IntArray) -> Hull:
         raise NotImplementedError
@@ -644,6 +645,7 @@ class _AxisMap:
 
 class _Identity(_AxisMap):
     factor = Fraction(1)
+    moves = False
 
     def __call__(self, a: IntArray, b: IntArray) -> Hull:
         return a, b
@@ -658,6 +660,7 @@ class _Window(_AxisMap):
     def __init__(self, stride: int, pad_lo: int, pad_hi: int, span: int) -> None:
         self.factor = Fraction(stride)
         self.stride, self.pad_lo, self.pad_hi, self.span = stride, pad_lo, pad_hi, span
+        self.moves = (stride, pad_lo, pad_hi, span) != (1, 0, 0, 0)
 
     def __call__(self, a: IntArray, b: IntArray) -> Hull:
         return a * self.stride - self.pad_hi, b * self.stride - self.pad_lo + self.span
@@ -803,9 +806,19 @@ def _reshape_target(shape: Shape, target: Sequence[int], allowzero: bool) -> Sha
     return tuple(out)
 
 
-def _regroup(shape: Shape, labels: Labels, out: Shape, what: str) -> Labels:
-    """Labels of a reshaped tensor: a spatial axis must come out whole, as one axis."""
+def _regroup(
+    shape: Shape, labels: Labels, out: Shape, what: str
+) -> tuple[Labels, dict[str, _AxisMap]]:
+    """Labels of a reshaped tensor, and how its spatial axes read the input's.
+
+    Dims are matched in groups of equal products. A spatial axis kept whole keeps its
+    pixels; one merged with the (non-spatial) dims after it, ``(H, b) -> H*b``, is read
+    like depth-to-space (pixel ``o`` from ``o // b``: how a stack interleaves two
+    images); one split as ``H*b -> (H, b)`` like space-to-depth. Any other regrouping
+    of a spatial axis scatters its pixels over the frame and is refused.
+    """
     result: list[str | None] = [None] * len(out)
+    maps: dict[str, _AxisMap] = {}
     i = j = 0
     while True:
         while i < len(shape) and shape[i] == 1:
@@ -828,16 +841,26 @@ def _regroup(shape: Shape, labels: Labels, out: Shape, what: str) -> Labels:
                 group_out.append(j - 1)
             else:
                 raise _Refuse(f"{what}: sizes {list(shape)} and {list(out)} do not match")
-        spatial = [labels[k] for k in group_in if labels[k]]
-        if spatial:
-            kept_in = [k for k in group_in if shape[k] != 1]
-            kept_out = [k for k in group_out if out[k] != 1]
-            if len(kept_in) != 1 or len(kept_out) != 1:
-                raise _Refuse(f"{what} merges or splits the {spatial[0]} axis")
-            result[kept_out[0]] = labels[kept_in[0]]
+        kept_in = [k for k in group_in if shape[k] != 1]
+        kept_out = [k for k in group_out if out[k] != 1]
+        spatial = [lb for lb in (labels[k] for k in kept_in) if lb]
+        if not spatial:
+            continue
+        label = spatial[0]
+        outer = labels[kept_in[0]] == label and len(spatial) == 1
+        if outer and len(kept_out) == 1:  # kept whole, or (H, b) -> H*b
+            block = math.prod(shape[k] for k in kept_in[1:])
+            maps[label] = _IDENTITY if block == 1 else _Transposed(block, 0, 0, block - 1)
+            result[kept_out[0]] = label
+        elif outer and len(kept_in) == 1:  # H*b -> (H, b)
+            block = math.prod(out[k] for k in kept_out[1:])
+            maps[label] = _Window(block, 0, 0, block - 1)
+            result[kept_out[0]] = label
+        else:
+            raise _Refuse(f"{what} scatters the {label} axis over others")
     if any(labels[k] for k in range(i, len(shape))):
         raise _Refuse(f"{what} drops a spatial axis")
-    return tuple(result)
+    return tuple(result), maps
 
 
 def _pads_and_sizes(
@@ -975,7 +998,8 @@ class _Analysis:
             self._run_node(node)
 
     def _run_node(self, node: Node) -> None:
-        op, where = node.op_type, f"{node.op_type} '{node.name or node.outputs[0]}'"
+        op = node.op_type
+        where = f"{op} '{node.name or (node.outputs[0] if node.outputs else '')}'"
         image = [n for n in node.inputs if n in self.labels]
         if op in _CONTROL_FLOW or any(isinstance(v, Subgraph) for v in node.attributes.values()):
             # A subgraph may read any tensor of the outer graph, image ones included.
@@ -1046,12 +1070,8 @@ class _Analysis:
         self.edges.extend(self._new_edges)
         if counted and node.op_type in _COUNTED:
             self.ops[node.op_type] += 1
-        elif counted and any(
-            isinstance(m, _Window) and (m.pad_lo or m.pad_hi or m.stride != 1)
-            for e in self._new_edges
-            for m in e.maps.values()
-        ):
-            self.ops[node.op_type] += 1  # a Pad, Slice or Split that shifts the frame
+        elif counted and any(m.moves for e in self._new_edges for m in e.maps.values()):
+            self.ops[node.op_type] += 1  # a Pad, Slice, Concat or Reshape that moves pixels
 
     def _shape_op(self, node: Node) -> None:
         shape = self.shapes[node.inputs[0]]
@@ -1261,8 +1281,9 @@ def _h_reshape(an: _Analysis, node: Node) -> None:
         axis = int(node.attributes.get("axis", 1))
         axis = axis + len(shape) if axis < 0 else axis
         out = (math.prod(shape[:axis]), math.prod(shape[axis:]))
-    an.emit(node.outputs[0], out, _regroup(shape, an.lab(x), out, node.op_type))
-    an.edge(node.outputs[0], x)
+    labels, maps = _regroup(shape, an.lab(x), out, node.op_type)
+    an.emit(node.outputs[0], out, labels)
+    an.edge(node.outputs[0], x, maps)
 
 
 def _h_squeeze(an: _Analysis, node: Node) -> None:
@@ -1310,16 +1331,24 @@ def _h_concat(an: _Analysis, node: Node) -> None:
         if len(s) != rank or any(s[a] != shapes[0][a] for a in range(rank) if a != axis):
             raise _Refuse(f"concatenates tensors of shapes {[list(t) for t in shapes]}")
         for a, label in enumerate(an.lab(n)):
-            if label and a == axis:
-                raise _Refuse(f"concatenates along the {label} axis")
             if label and labels[a] not in (None, label):
                 raise _Refuse(f"combines the {labels[a]} axis with the {label} axis")
             labels[a] = labels[a] or label
     out = list(shapes[0])
     out[axis] = sum(s[axis] for s in shapes)
     an.emit(node.outputs[0], out, labels)
-    for n in names:
-        an.edge(node.outputs[0], n)
+    offset = 0
+    along = labels[axis]
+    for n, s in zip(names, shapes, strict=True):
+        if along and n in an.labels:
+            # Along a spatial axis each part is shifted to its offset; the bound covers
+            # every part, at every position (it cannot know where one ends).
+            maps: dict[str, _AxisMap] = {lb: _IDENTITY for lb in an.labels[n] if lb}
+            maps[along] = _shift(-offset)
+            an.edge(node.outputs[0], n, maps)
+        else:
+            an.edge(node.outputs[0], n)
+        offset += s[axis]
 
 
 def _h_split(an: _Analysis, node: Node) -> None:
@@ -1700,6 +1729,17 @@ def _h_expand(an: _Analysis, node: Node) -> None:
     an.edge(node.outputs[0], x)
 
 
+def _h_constant(an: _Analysis, node: Node) -> None:
+    # Only reached when the value was not decoded (a big tensor): its shape is enough.
+    for key, value in node.attributes.items():
+        if isinstance(value, Tensor):
+            an.emit(node.outputs[0], value.dims, (None,) * len(value.dims))
+        elif key in ("value_ints", "value_floats", "value_strings"):
+            an.emit(node.outputs[0], (len(value),), (None,))
+        elif key in ("value_int", "value_float", "value_string"):
+            an.emit(node.outputs[0], (), ())
+
+
 def _h_tile(an: _Analysis, node: Node) -> None:
     x = node.inputs[0]
     shape, labels = an.shape(x), an.lab(x)
@@ -1744,6 +1784,7 @@ _HANDLERS: dict[str, Callable[[_Analysis, Node], None]] = {
     "Gather": _h_gather,
     "Expand": _h_expand,
     "Tile": _h_tile,
+    "Constant": _h_constant,
 }
 
 

@@ -199,6 +199,10 @@ class Segmenter:
         postprocess: PostProcess | None = None,
         nan: float | None = None,
     ) -> None:
+        # Every argument but the model, as given: what the spec records (first, so that
+        # locals() holds the arguments only).
+        options = {k: v for k, v in locals().items() if k not in ("self", "model")}
+        del options["normalization"]  # recorded below, in the spec's own form
         if batch < 1:
             raise ConfigError(f"batch must be >= 1, got {batch}")
         if stitch not in STITCH_MODES:
@@ -211,21 +215,7 @@ class Segmenter:
             raise ConfigError(f"nan must be a finite number, got {nan!r}")
         if isinstance(normalization, tuple):  # the form a SegmenterSpec stores
             normalization = dict(normalization)
-        self._spec = SegmenterSpec.of(
-            model,
-            backend=backend,
-            device=device,
-            tile=tile,
-            halo=halo,
-            batch=batch,
-            stitch=stitch,
-            normalization=normalization,
-            threshold=threshold,
-            threads=threads,
-            max_tile_pixels=max_tile_pixels,
-            postprocess=postprocess,
-            nan=nan,
-        )
+        self._spec = SegmenterSpec.of(model, **options, normalization=normalization)
         overrides: dict[str, object] = {}
         if halo != "auto":
             try:

@@ -33,7 +33,7 @@ from typing import Any
 import keras
 from keras import layers, ops
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_keys
 
 DOWNSAMPLING = ("maxpool", "strided")
 UPSAMPLING = ("transpose", "interpolation")
@@ -186,15 +186,8 @@ class UNetConfig:
         Raises:
             ConfigError: On unknown keys or invalid values.
         """
-        if not isinstance(data, dict):
-            raise ConfigError(f"model config must be a JSON object, got {data!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"model config has unknown keys: {', '.join(unknown)} "
-                f"(valid: {', '.join(sorted(known))})"
-            )
+        known = (f.name for f in dataclasses.fields(cls))
+        data = check_keys(data, "model config", known, ConfigError)
         values: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
         }
