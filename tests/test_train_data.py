@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from unetrt.errors import ConfigError, InputError
-from unetrt.normalize import Normalization
-from unetrt.train.augment import AugmentConfig
-from unetrt.train.data import (
+# The datasets are Keras PyDatasets: without the train extra this module skips.
+pytest.importorskip("keras", reason="training data needs the train extra (keras)")
+
+from unetrt.errors import ConfigError, InputError  # noqa: E402
+from unetrt.normalize import Normalization  # noqa: E402
+from unetrt.train.augment import AugmentConfig  # noqa: E402
+from unetrt.train.data import (  # noqa: E402
     FrameDataset,
     PatchDataset,
     PatchSampler,

@@ -14,10 +14,16 @@ _Self = TypeVar("_Self", bound="Closeable")
 
 
 class Closeable:
-    """Mixin: ``with obj:`` returns ``obj`` and calls ``obj.close()`` on the way out."""
+    """Mixin: ``with obj:`` returns ``obj``; on the way out it calls ``obj.close()``, or
+    ``obj.abort()`` when the block failed."""
 
     def close(self) -> None:
         """Release what the object holds; subclasses override."""
+
+    def abort(self) -> None:
+        """Called instead of `close` when the ``with`` block raised: the same by default;
+        an output that would be incomplete (a mask stack cut short) discards itself."""
+        self.close()
 
     def __enter__(self: _Self) -> _Self:
         return self
@@ -28,4 +34,7 @@ class Closeable:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

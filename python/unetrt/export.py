@@ -158,7 +158,7 @@ def _input_shape(model: Any) -> tuple[int | None, ...]:
 
 
 def _contract_from_config(model: Any, config: TrainConfig) -> ModelContract:
-    from .train.models import alignment, receptive_field
+    from .train.unet_config import alignment, receptive_field
 
     cfg = config.model_config()
     shape = _input_shape(model)

@@ -520,8 +520,7 @@ def _infer_halo(
     check = how_probe if bounded else f"probe: {how_probe}"
     return (
         halo,
-        f"{halo}: {why}, rounded up to a multiple of {alignment}; "
-        f"impulse cross-check: {check}",
+        f"{halo}: {why}, rounded up to a multiple of {alignment}; impulse cross-check: {check}",
         sample,
     )
 

@@ -8,7 +8,6 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -204,18 +203,6 @@ class StackWriter(Closeable):
         except BaseException:
             self.abort()
             raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # Unlike other closeables: a stack cut short by an error is not a result.
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def _description(self, count: int) -> str:
         height, width = self.frame_shape[:2]

@@ -35,7 +35,7 @@ from .sampling import PatchSampler
 
 if TYPE_CHECKING:
     from .losses import SegmentationLoss
-    from .models import UNetConfig
+    from .unet_config import UNetConfig
 
 VAL_MODES = ("frames", "patches")
 
@@ -241,7 +241,7 @@ class TrainConfig:
         Raises:
             ConfigError: If the keys describe no valid model.
         """
-        from .models import SEED_MODEL_NAMES, config_from_seed_name
+        from .unet_config import SEED_MODEL_NAMES, config_from_seed_name
 
         if self.cnn_name not in SEED_MODEL_NAMES:
             close = difflib.get_close_matches(self.cnn_name, SEED_MODEL_NAMES, n=1)

@@ -25,233 +25,37 @@ accepts. Where we differ from it, on purpose:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import keras
 from keras import layers, ops
 
-from ..errors import ConfigError, check_keys
+from ..errors import ConfigError
+from .unet_config import (
+    SEED_MODEL_NAMES,
+    UNetConfig,
+    _convlstm_at,
+    _level_dilations,
+    alignment,
+    config_from_seed_name,
+    receptive_field,
+)
 
-DOWNSAMPLING = ("maxpool", "strided")
-UPSAMPLING = ("transpose", "interpolation")
-OUTPUTS = ("sigmoid", "softmax", "two_heads")
-TEMPORAL = ("none", "convlstm")
-CONVLSTM_POSITIONS = ("input", "encoder", "bottleneck")
-
-
-@dataclass(frozen=True)
-class UNetConfig:
-    """The architecture of a U-Net or ConvLSTM-U-Net.
-
-    Attributes:
-        pools: Depth: the number of 2x downsamplings (input sizes must be multiples of
-            ``2**pools``).
-        filters: Filters of the first level; level ``p`` has ``filters * 2**p``.
-        kernel_size: Odd spatial kernel size of every convolution.
-        dilation: Dilation of the encoder convolutions, one int for all levels or one per
-            level (``pools`` values). A level with dilation ``d > 1`` is the seed's dilated
-            block: its two convolutions use ``d`` and ``2 * d``. The bottleneck and the
-            decoder are never dilated.
-        dropout: Dropout rate, one float for every level or a schedule of ``pools + 1``
-            rates (encoder levels then bottleneck); decoder level ``p`` uses rate ``p``.
-        batch_norm: Batch normalization after every convolution.
-        activation: Keras activation of the hidden layers (``"relu"``, ``"elu"``, ...).
-        downsampling: ``"maxpool"`` (2x2 max pooling) or ``"strided"`` (a stride-2
-            convolution, the seed's ``*_fc`` models).
-        upsampling: ``"transpose"`` (2x2 stride-2 transposed convolution) or
-            ``"interpolation"`` (bilinear 2x upsampling followed by a convolution).
-        output: ``"sigmoid"`` (one foreground-probability channel), ``"softmax"``
-            (``classes`` probability channels) or ``"two_heads"`` (two one-channel
-            sigmoid outputs, ``"mask"`` and ``"target"``).
-        classes: Number of classes, background included (2 for ``"sigmoid"`` and
-            ``"two_heads"``).
-        channels_in: Input channels per frame.
-        temporal: ``"none"`` (frame model) or ``"convlstm"`` (clip model).
-        convlstm_position: Where ConvLSTM layers replace the first convolution of a
-            block: ``"input"`` (the first block only), ``"encoder"`` (every encoder
-            block and the bottleneck, as the seed's ``UNetLSTM``) or ``"bottleneck"``.
-        time_steps: Frames per clip (1 for frame models, at least 2 for ConvLSTM ones).
-        kernel_initializer: Keras initializer of the convolution kernels.
-    """
-
-    pools: int = 3
-    filters: int = 16
-    kernel_size: int = 3
-    dilation: int | tuple[int, ...] = 1
-    dropout: float | tuple[float, ...] = 0.0
-    batch_norm: bool = False
-    activation: str = "relu"
-    downsampling: str = "maxpool"
-    upsampling: str = "transpose"
-    output: str = "sigmoid"
-    classes: int = 2
-    channels_in: int = 1
-    temporal: str = "none"
-    convlstm_position: str = "bottleneck"
-    time_steps: int = 1
-    kernel_initializer: str = "he_uniform"
-
-    def __post_init__(self) -> None:
-        def positive_int(name: str, value: object) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model {name} must be a positive integer, got {value!r}")
-
-        def one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
-            if value not in allowed:
-                raise ConfigError(f"model {name} must be one of {allowed}, got {value!r}")
-
-        for name in ("pools", "filters", "kernel_size", "classes", "channels_in", "time_steps"):
-            positive_int(name, getattr(self, name))
-        if self.kernel_size % 2 == 0:
-            raise ConfigError(f"model kernel_size must be odd, got {self.kernel_size}")
-        one_of("downsampling", self.downsampling, DOWNSAMPLING)
-        one_of("upsampling", self.upsampling, UPSAMPLING)
-        one_of("output", self.output, OUTPUTS)
-        one_of("temporal", self.temporal, TEMPORAL)
-        one_of("convlstm_position", self.convlstm_position, CONVLSTM_POSITIONS)
-        if not isinstance(self.batch_norm, bool):
-            raise ConfigError(f"model batch_norm must be true or false, got {self.batch_norm!r}")
-        for d in self.dilations:
-            positive_int("dilation", d)
-        for rate in self.dropouts:
-            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-                raise ConfigError(f"model dropout rates must be in [0, 1), got {self.dropout!r}")
-        if self.output == "softmax" and self.classes < 2:
-            raise ConfigError(f"a softmax model needs at least 2 classes, got {self.classes}")
-        if self.output != "softmax" and self.classes != 2:
-            raise ConfigError(
-                f"a {self.output!r} model segments foreground from background (classes=2), "
-                f"got classes={self.classes}; use output='softmax' for more classes"
-            )
-        if self.temporal == "none" and self.time_steps != 1:
-            raise ConfigError(
-                f"a frame model (temporal='none') has time_steps=1, got {self.time_steps}"
-            )
-        if self.temporal == "convlstm" and self.time_steps < 2:
-            raise ConfigError(
-                f"a ConvLSTM model needs time_steps >= 2 frames per clip, got {self.time_steps}"
-            )
-        try:
-            keras.activations.get(self.activation)
-        except ValueError as exc:
-            raise ConfigError(f"unknown model activation {self.activation!r}") from exc
-        try:
-            keras.initializers.get(self.kernel_initializer)
-        except ValueError as exc:
-            raise ConfigError(
-                f"unknown model kernel_initializer {self.kernel_initializer!r}"
-            ) from exc
-
-    @property
-    def dilations(self) -> tuple[int, ...]:
-        """Dilation of each encoder level (``pools`` values)."""
-        if isinstance(self.dilation, tuple):
-            if len(self.dilation) != self.pools:
-                raise ConfigError(
-                    f"model dilation needs one value per level ({self.pools}), "
-                    f"got {self.dilation!r}"
-                )
-            return self.dilation
-        return (self.dilation,) * self.pools
-
-    @property
-    def dropouts(self) -> tuple[float, ...]:
-        """Dropout rate of each level, bottleneck last (``pools + 1`` values)."""
-        if isinstance(self.dropout, tuple):
-            if len(self.dropout) != self.pools + 1:
-                raise ConfigError(
-                    f"model dropout schedule needs pools + 1 = {self.pools + 1} rates "
-                    f"(levels, then bottleneck), got {self.dropout!r}"
-                )
-            return self.dropout
-        return (self.dropout,) * (self.pools + 1)
-
-    def replace(self, **changes: Any) -> UNetConfig:
-        """Return a copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (tuples become lists)."""
-        return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
-        """Build from the plain-JSON form, rejecting unknown keys.
-
-        Raises:
-            ConfigError: On unknown keys or invalid values.
-        """
-        known = (f.name for f in dataclasses.fields(cls))
-        data = check_keys(data, "model config", known, ConfigError)
-        values: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
-        }
-        return cls(**values)
-
-
-def alignment(cfg: UNetConfig) -> int:
-    """Input height and width must be multiples of this: ``2**pools``."""
-    return int(2**cfg.pools)
-
-
-def _level_dilations(d: int) -> tuple[int, int]:
-    return (d, 2 * d) if d > 1 else (1, 1)
-
-
-def _convlstm_at(cfg: UNetConfig, level: int) -> bool:
-    """Whether the first convolution of `level` (``pools`` = bottleneck) is a ConvLSTM."""
-    if cfg.temporal != "convlstm":
-        return False
-    if cfg.convlstm_position == "input":
-        return level == 0
-    if cfg.convlstm_position == "bottleneck":
-        return level == cfg.pools
-    return True
-
-
-def receptive_field(cfg: UNetConfig) -> int:
-    """Receptive-field radius in pixels: how far an input pixel can move an output pixel.
-
-    An output pixel depends only on input pixels at most this far away along each axis,
-    so a tile with this much context on every side gives the same output as the whole
-    frame (the export's ``halo``). The bound follows the deepest path (encoder,
-    bottleneck, decoder); a ConvLSTM layer reaches ``time_steps`` times as far as a
-    convolution, since its state is convolved once per frame.
-
-    Args:
-        cfg: The model architecture.
-
-    Returns:
-        The radius in input pixels.
-    """
-    r = (cfg.kernel_size - 1) // 2
-    k = cfg.kernel_size
-
-    def block(level: int, dilations: tuple[int, int]) -> int:
-        first = r * cfg.time_steps if _convlstm_at(cfg, level) else r * dilations[0]
-        return first + r * dilations[1]
-
-    if cfg.downsampling == "maxpool":
-        down = 1  # a pooled pixel stands for its 2x2 window
-    else:
-        # TensorFlow "same" padding of a stride-2 conv on an even size: k - 2 pixels in
-        # all, the smaller half before; the window spans [2i - before, 2i - before + k - 1].
-        before = max(k - 2, 0) // 2
-        down = max(k - 1 - before, 1 + before)
-    up_coarse = 0 if cfg.upsampling == "transpose" else 1  # bilinear reads both neighbours
-    up_fine = 0 if cfg.upsampling == "transpose" else r  # the convolution after it
-
-    radius = block(cfg.pools, (1, 1))
-    for level in reversed(range(cfg.pools)):
-        encoder = block(level, _level_dilations(cfg.dilations[level]))
-        decoder = 2 * r + up_fine
-        radius = encoder + down + 2 * (radius + up_coarse) + decoder
-    return radius
+# The Keras-free description lives in unet_config; its public names are re-exported so
+# that the models and their configuration can be imported from one place.
+__all__ = [
+    "SEED_MODEL_NAMES",
+    "BilinearUpsampling2D",
+    "ConvLSTM2DUnrolled",
+    "UNetConfig",
+    "alignment",
+    "build_convlstm_unet",
+    "build_model",
+    "build_unet",
+    "config_from_seed_name",
+    "receptive_field",
+]
 
 
 @keras.saving.register_keras_serializable(package="unetrt")
@@ -528,96 +332,3 @@ def build_convlstm_unet(cfg: UNetConfig) -> keras.Model:
 def build_model(cfg: UNetConfig) -> keras.Model:
     """Build the model `cfg` describes: `build_unet` or `build_convlstm_unet`."""
     return build_convlstm_unet(cfg) if cfg.temporal == "convlstm" else build_unet(cfg)
-
-
-def _seed_ramp(pools: int, rate: float) -> tuple[float, ...]:
-    # categorical_unet_*: rate * (p + 1) at level p; the bottleneck reused the last
-    # level's rate * pools (a leaked loop variable).
-    return tuple(rate * (p + 1) for p in range(pools)) + (rate * pools,)
-
-
-def _seed_unet_schedule(pools: int, rate: float) -> tuple[float, ...]:
-    # unet / categorical_unet: 1, 1, 2, 2 times the rate at levels 0-3, 3 times at the
-    # bottleneck (their depth was fixed at 4; deeper levels continue the pattern).
-    return tuple(rate * (1 + p // 2) for p in range(pools)) + (rate * (1 + pools // 2),)
-
-
-def _seed_lstm_schedule(pools: int, rate: float) -> tuple[float, ...]:
-    # UNetLSTM: rate * p at encoder level p, (pools - 1) * rate at the bottleneck.
-    return tuple(rate * p for p in range(pools)) + (rate * (pools - 1),)
-
-
-_SEED_PRESETS: dict[str, tuple[dict[str, Any], Callable[[int, float], tuple[float, ...]]]] = {
-    "unet": (
-        {"pools": 4, "upsampling": "interpolation", "output": "sigmoid"},
-        _seed_unet_schedule,
-    ),
-    "categorical_unet": (
-        {"pools": 4, "upsampling": "interpolation", "output": "softmax"},
-        _seed_unet_schedule,
-    ),
-    "categorical_unet_transpose": ({"pools": 3, "output": "softmax"}, _seed_ramp),
-    "categorical_unet_fc": (
-        {"pools": 3, "downsampling": "strided", "output": "softmax"},
-        _seed_ramp,
-    ),
-    "categorical_unet_fc_dil": (
-        {"pools": 3, "downsampling": "strided", "dilation": 2, "output": "softmax"},
-        _seed_ramp,
-    ),
-    "lstm_unet": (
-        {
-            "pools": 3,
-            "upsampling": "interpolation",
-            "output": "softmax",
-            "temporal": "convlstm",
-            "convlstm_position": "encoder",
-            "time_steps": 5,
-        },
-        _seed_lstm_schedule,
-    ),
-}
-
-SEED_MODEL_NAMES: tuple[str, ...] = tuple(_SEED_PRESETS)
-"""Model names of the seed suite (its ``cnn_name``) that `config_from_seed_name` accepts."""
-
-
-def config_from_seed_name(name: str, **overrides: Any) -> UNetConfig:
-    """The `UNetConfig` closest to a model of the seed suite.
-
-    ``unet`` and ``categorical_unet`` are the seed's fixed 4-level U-Nets (nearest
-    upsampling without a convolution there, bilinear plus a convolution here), with one
-    sigmoid channel or two softmax classes. ``categorical_unet_transpose`` uses
-    transposed convolutions, ``categorical_unet_fc`` also strided-convolution
-    downsampling, ``categorical_unet_fc_dil`` also dilated encoder blocks (the seed's
-    extra first convolution before them is left out). ``lstm_unet`` is the seed's
-    ``UNetLSTM``: ConvLSTM layers in every encoder block and the bottleneck, 5-frame
-    clips. The seed's ``"model_dropout"`` grows with depth; a float ``dropout`` override
-    is spread over the levels the same way.
-
-    Args:
-        name: A seed model name (see `SEED_MODEL_NAMES`).
-        **overrides: `UNetConfig` fields to change, e.g. ``filters=32, dropout=0.1``.
-
-    Returns:
-        The validated configuration.
-
-    Raises:
-        ConfigError: On an unknown name, an unknown field, or an invalid value.
-    """
-    if name not in _SEED_PRESETS:
-        raise ConfigError(
-            f"unknown seed model name {name!r}; valid names: {', '.join(SEED_MODEL_NAMES)}"
-        )
-    known = {f.name for f in dataclasses.fields(UNetConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown model fields {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
-        )
-    preset, schedule = _SEED_PRESETS[name]
-    values = {**preset, **overrides}
-    rate = values.get("dropout", 0.0)
-    if isinstance(rate, (int, float)) and not isinstance(rate, bool):
-        values["dropout"] = schedule(values["pools"], float(rate))
-    return UNetConfig(**values)
