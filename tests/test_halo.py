@@ -153,3 +153,65 @@ def test_tiles_with_the_automatic_halo_match_the_whole_frame(
     with Segmenter(foreign, tile=tile) as seg:
         assert seg.contract.halo >= _halo(foreign)
         _check_tiles_match(seg, whole, _synthetic_frame())
+
+
+# --- a model the impulse probe underestimates ------------------------------------------
+
+
+def _band_gated_model() -> onnx.ModelProto:
+    """y = x + conv_far(relu(1 - 10 |x - 3|)): a wide branch that only intensities near 3
+    wake, as trained ReLUs wake only for image content. The probe's images lie in
+    [0, 1] and its impulses are +-100: the branch stays silent for all of them, so the
+    probe sees radius 0 while the model reaches 8 pixels (a 17 x 17 averaging conv)."""
+    from onnx import TensorProto, helper
+
+    k = 17
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, k, k], [1.0 / (k * k)] * (k * k))
+    consts = [
+        helper.make_tensor("three", TensorProto.FLOAT, [], [3.0]),
+        helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0]),
+        helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+        weights,
+    ]
+    nodes = [
+        helper.make_node("Sub", ["x", "three"], ["d"]),
+        helper.make_node("Abs", ["d"], ["a"]),
+        helper.make_node("Mul", ["a", "ten"], ["s"]),
+        helper.make_node("Sub", ["one", "s"], ["band"]),
+        helper.make_node("Relu", ["band"], ["gate"]),
+        helper.make_node("Conv", ["gate", "w"], ["far"], pads=[8, 8, 8, 8]),
+        helper.make_node("Add", ["x", "far"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "band_gated",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        initializer=consts,
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=testing.IR_VERSION
+    )
+
+
+def test_graph_bound_covers_what_the_probe_cannot_see(tmp_path: Path) -> None:
+    from unetrt.model import open_model
+    from unetrt.normalize import Normalization
+
+    path = tmp_path / "gated.onnx"
+    testing.save(_band_gated_model(), path)
+    with open_model(path, threads=1) as m:
+        assert m.contract.halo == 8  # the 17 x 17 branch: graph bound, alignment 1
+        how = m.inferred["halo"]
+        assert how.startswith("8: graph bound 8 px") and "impulse response radius 0" in how
+    # Frames near intensity 3 wake the branch: tiles need the full halo to be exact.
+    rng = np.random.default_rng(3)
+    frame = (3.0 + rng.uniform(-0.1, 0.1, (60, 70))).astype(np.float32)
+    none = Normalization(method="none")
+    with Segmenter(path, normalization=none, tile="auto") as whole_frame:
+        reference = whole_frame.predict_frame(frame)
+    with Segmenter(path, normalization=none, tile=24) as tiled:  # automatic halo 8
+        np.testing.assert_allclose(tiled.predict_frame(frame), reference, atol=1e-6)
+    # The negative control: the probe's radius (0) would cut the branch at tile borders.
+    with Segmenter(path, normalization=none, tile=24, halo=0) as short:
+        assert np.abs(short.predict_frame(frame) - reference).max() > 1e-3

@@ -170,9 +170,9 @@ def test_jobs_drop_their_frame_once_cut(unet_path: Path, monkeypatch) -> None:
     seen = []
     real = CpuExecutor._run_batch
 
-    def spy(self, slots):
+    def spy(self, buffers, slots):
         seen.extend(job.frame is None for job, _ in slots)
-        return real(self, slots)
+        return real(self, buffers, slots)
 
     monkeypatch.setattr(CpuExecutor, "_run_batch", spy)
     with Segmenter(unet_path, tile=56, batch=64) as seg:  # every tile in one batch
@@ -186,6 +186,30 @@ def test_executor_keeps_several_frames_in_flight(identity_path: Path) -> None:
     with Segmenter(identity_path, batch=3) as seg:
         out = list(seg.predict_frames(frames))
     assert [float(o[0, 0]) for o in out] == [float(i) for i in range(7)]
+
+
+def test_two_threads_share_a_segmenter(unet_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 255, (50 + 8 * i, 60), dtype=np.uint8) for i in range(8)]
+    with Segmenter(unet_path, tile=56, batch=3) as seg:
+        expected = [seg.predict_frame(f) for f in frames]
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(3):
+                got = list(pool.map(seg.predict_frame, frames))
+                for a, b in zip(got, expected, strict=True):
+                    np.testing.assert_array_equal(a, b)
+        assert len(seg._executor._free) <= 4  # buffer sets are reused, not piled up
+
+
+def test_runs_one_after_another_reuse_the_batch_buffers(unet_path: Path) -> None:
+    with Segmenter(unet_path, tile=56, batch=2) as seg:
+        seg.predict_frame(np.zeros((70, 70), np.uint8))
+        (buffers,) = seg._executor._free
+        first = buffers.inputs
+        seg.predict_frame(np.ones((70, 70), np.uint8))
+        assert seg._executor._free == [buffers] and buffers.inputs is first
 
 
 # --- bad values inside good files --------------------------------------------------------

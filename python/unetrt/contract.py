@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError, check_keys
+from .errors import ConfigError, ModelError, check_keys
 from .normalize import Normalization
 
 #: Names that export, training and the engine share (one definition for all of them).
@@ -34,6 +34,12 @@ LAYOUTS = ("NHWC", "NCHW")
 OUTPUT_KINDS = ("sigmoid", "softmax", "logits")
 TEMPORAL_KINDS = ("none", "window", "stateful")
 INPUT_DTYPES = ("float32", "float16")
+
+
+def check_layout(layout: str) -> None:
+    """Raises ConfigError unless ``layout`` is one of `LAYOUTS`."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
 
 @dataclass(frozen=True)

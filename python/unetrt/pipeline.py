@@ -24,6 +24,7 @@ video (statistics, tile plans with their blend tapers, recurrent state).
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -345,6 +346,14 @@ class ExecutorConfig:
             raise ConfigError(f"stitch must be one of {STITCH_MODES}, got {self.stitch!r}")
 
 
+@dataclass(eq=False)
+class _BatchBuffers:
+    """The input batch and the model-output batch of one run, reused batch after batch."""
+
+    inputs: np.ndarray | None = None
+    outputs: np.ndarray | None = None  # None when the model's channels are dynamic
+
+
 class CpuExecutor:
     """The host executor: C++ core for tiles and stitching, any backend for the model.
 
@@ -362,11 +371,24 @@ class CpuExecutor:
         self.classes = model.output_channels or 1
         # A model with a fixed batch size gets full batches; padding rows are ignored.
         self._padded = model.accepted.fixed_batch is not None
-        self._inputs: np.ndarray | None = None
-        self._outputs: np.ndarray | None = None
+        # Batch buffers not in use by a run: each run takes a set and gives it back, so
+        # runs one after the other reuse them and runs in two threads never share one.
+        self._free: list[_BatchBuffers] = []
+        self._lock = threading.Lock()
 
     def run(self, stream: VideoStream, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Probabilities of each frame, in order; see `Executor.run`."""
+        with self._lock:
+            buffers = self._free.pop() if self._free else _BatchBuffers()
+        try:
+            yield from self._run(stream, frames, buffers)
+        finally:
+            with self._lock:
+                self._free.append(buffers)
+
+    def _run(
+        self, stream: VideoStream, frames: Iterable[np.ndarray], buffers: _BatchBuffers
+    ) -> Iterator[np.ndarray]:
         threads = self.config.threads
         pending: deque[FrameJob] = deque()
         slots: list[tuple[FrameJob, int]] = []
@@ -374,12 +396,12 @@ class CpuExecutor:
             job = self._new_job(stream, raw)
             pending.append(job)
             shape = self._tile_shape(job.plan)
-            if self._inputs is None or self._inputs.shape[1:] != shape:
+            if buffers.inputs is None or buffers.inputs.shape[1:] != shape:
                 if slots:  # a frame of another size: run what is batched first
-                    self._run_batch(slots)
+                    self._run_batch(buffers, slots)
                     slots.clear()
-                self._allocate(shape)
-            inputs, frame = self._inputs, job.frame
+                self._allocate(buffers, shape)
+            inputs, frame = buffers.inputs, job.frame
             assert inputs is not None and frame is not None
             for index in range(job.plan.n_tiles):
                 k = len(slots)
@@ -396,12 +418,12 @@ class CpuExecutor:
                 if index == job.plan.n_tiles - 1:
                     job.frame = None  # every tile is cut: the frame is no longer needed
                 if len(slots) == self.config.batch:
-                    self._run_batch(slots)
+                    self._run_batch(buffers, slots)
                     slots.clear()
             while pending and pending[0].remaining == 0:
                 yield finish(pending.popleft(), threads)
         if slots:
-            self._run_batch(slots)
+            self._run_batch(buffers, slots)
         while pending:
             yield finish(pending.popleft(), threads)
 
@@ -430,22 +452,22 @@ class CpuExecutor:
             return (plan.tile_h, plan.tile_w, c)
         return (c, plan.tile_h, plan.tile_w)
 
-    def _allocate(self, tile_shape: tuple[int, int, int]) -> None:
+    def _allocate(self, buffers: _BatchBuffers, tile_shape: tuple[int, int, int]) -> None:
         batch = self.config.batch
-        self._inputs = np.empty((batch, *tile_shape), np.float32)
+        buffers.inputs = np.empty((batch, *tile_shape), np.float32)
         layout = self.config.contract.layout
         out_shape = list((batch, *tile_shape))
         out_shape[channel_axis(layout)] = self.classes
         known = self.model.output_channels is not None
-        self._outputs = np.empty(out_shape, np.float32) if known else None
+        buffers.outputs = np.empty(out_shape, np.float32) if known else None
 
-    def _run_batch(self, slots: list[tuple[FrameJob, int]]) -> None:
+    def _run_batch(self, buffers: _BatchBuffers, slots: list[tuple[FrameJob, int]]) -> None:
         """Stages 4-6 for one batch: run, activate, stitch."""
-        assert self._inputs is not None
+        assert buffers.inputs is not None
         n = len(slots)
         rows = self.config.batch if self._padded else n
-        out = None if self._outputs is None else self._outputs[:rows]
-        outputs = self.model.predict(self._inputs[:rows], out)[:n]
+        out = None if buffers.outputs is None else buffers.outputs[:rows]
+        outputs = self.model.predict(buffers.inputs[:rows], out)[:n]
         layout = self.config.contract.layout
         outputs = masks.activate(outputs, self.config.contract.output, channel_axis(layout))
         # Stitch runs of consecutive tiles of the same frame with one call each.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .contract import CONTRACT_KEY, ModelContract
+from .contract import CONTRACT_KEY, ModelContract, check_layout
 from .errors import ConfigError, require
 
 if TYPE_CHECKING:
@@ -74,11 +74,6 @@ class _Graph:
         return self.node("Relu", [self.conv(x, c_in, c_out, kernel, dilation)])
 
 
-def _check_layout(layout: str) -> None:
-    if layout not in ("NHWC", "NCHW"):
-        raise ConfigError(f"layout must be 'NHWC' or 'NCHW', got {layout!r}")
-
-
 def _finish(
     g: _Graph,
     body: Any,
@@ -94,7 +89,7 @@ def _finish(
     body is framed by Transposes, the way tf2onnx exports a Keras model.
     """
     onnx = _onnx()
-    _check_layout(layout)
+    check_layout(layout)
     if layout == "NHWC":
         x = g.node("Transpose", [INPUT_NAME], perm=[0, 3, 1, 2])
         y = g.node("Transpose", [body(x)], perm=[0, 2, 3, 1])

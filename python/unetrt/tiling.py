@@ -20,7 +20,7 @@ from typing import TypeAlias
 import numpy as np
 
 from . import _core
-from .contract import LAYOUTS
+from .contract import check_layout
 from .errors import ConfigError, InputError
 from .normalize import IDENTITY, Affine, kernel_frame
 
@@ -141,11 +141,6 @@ def plan_tiles(
     return TilePlan(tile_h, tile_w, padded_h, padded_w, height, width, tiles)
 
 
-def _check_layout(layout: str) -> None:
-    if layout not in LAYOUTS:
-        raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-
-
 def _tile_rows(plan: TilePlan, index: TileIndex) -> np.ndarray:
     try:
         rows = plan.tiles[index]
@@ -198,7 +193,7 @@ def extract_tiles(
         InputError: If the frame does not match the plan or has an unusable dtype.
         ConfigError: If the layout or index is invalid.
     """
-    _check_layout(layout)
+    check_layout(layout)
     frame = kernel_frame(frame)
     if frame.shape[:2] != (plan.height, plan.width):
         raise InputError(
@@ -226,7 +221,7 @@ def extract_tiles(
 
 def _tile_outputs(tile_outputs: np.ndarray, plan: TilePlan, rows: np.ndarray, layout: str) -> int:
     """Checks a batch of model outputs against the plan; returns its channel count."""
-    _check_layout(layout)
+    check_layout(layout)
     if not isinstance(tile_outputs, np.ndarray) or tile_outputs.ndim != 4:
         raise ValueError("tile_outputs must be a 4-D array (n, tile_h, tile_w, K) or (n, K, ..)")
     n, *rest = tile_outputs.shape

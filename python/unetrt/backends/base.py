@@ -21,7 +21,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..contract import LAYOUTS
 from ..errors import ConfigError
 
 
@@ -212,12 +211,6 @@ def channel_axis(layout: str) -> int:
 def spatial_axes(layout: str) -> tuple[int, int]:
     """Axes of height and width in a 4-D array of this layout."""
     return (1, 2) if layout == "NHWC" else (2, 3)
-
-
-def check_layout(layout: str) -> None:
-    """Raises ConfigError unless ``layout`` is ``"NHWC"`` or ``"NCHW"``."""
-    if layout not in LAYOUTS:
-        raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
 
 @runtime_checkable

@@ -12,8 +12,9 @@ import numpy as np
 import onnxruntime as ort
 
 from ..closeable import Closeable
+from ..contract import check_layout
 from ..errors import ConfigError, ModelError
-from .base import BackendOptions, ShapeRange, TensorSpec, check_layout, detect_layout, format_shape
+from .base import BackendOptions, ShapeRange, TensorSpec, detect_layout, format_shape
 
 _DTYPES: dict[str, np.dtype[Any]] = {
     "tensor(float)": np.dtype(np.float32),
