@@ -316,3 +316,29 @@ def test_inference_does_not_import_onnx() -> None:
         "assert 'onnx' not in sys.modules, 'onnx was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_float16_outputs_are_copied_into_float32_buffers() -> None:
+    be = OnnxRuntimeBackend(_identity(["N", "H", "W", 1], elem=TensorProto.FLOAT16))
+    x = np.full((2, 8, 8, 1), 0.25, np.float32)
+    y = np.zeros((2, 8, 8, 1), np.float32)
+    out = be.run({"x": x}, out={"y": y})
+    assert out["y"] is y
+    np.testing.assert_array_equal(y, x)
+
+
+def test_an_output_of_another_size_than_its_buffer_is_returned_as_is() -> None:
+    model = _graph_model(
+        [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, "h", "w"])],
+    )
+    be = OnnxRuntimeBackend(model)
+    x = np.arange(64, dtype=np.float32).reshape(1, 1, 8, 8)
+    buffer = np.zeros((1, 1, 8, 8), np.float32)
+    got = be.run({"x": x}, out={"y": buffer})["y"]
+    assert got.shape == (1, 1, 4, 4) and got is not buffer
+    np.testing.assert_array_equal(got[0, 0], x[0, 0, 1::2, 1::2])
+    # ...so that the engine names the real shapes, as without a buffer:
+    with pytest.raises(ModelError, match=r"returned shape \(1, 1, 4, 4\) .*for input"):
+        run_prediction(be, be.inputs[0], be.outputs[0], x, buffer)

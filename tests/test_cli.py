@@ -403,4 +403,6 @@ def test_nan_frame_is_one_line_naming_the_frame_and_no_output(affine, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["float.tif"]
     ok = run_cli("segment", src, "--model", affine, "-o", tmp_path / "out.tif", "--nan", "0", "-q")
     assert ok.returncode == 0, ok.stderr
-    assert tifffile.imread(tmp_path / "out.tif").shape == (4, 40, 52)
+    read_as_zero = np.nan_to_num(frames, nan=0.0)
+    expected = expected_masks(expected_probabilities(read_as_zero, full_range=1.0))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), expected)

@@ -132,11 +132,12 @@ def test_missing_halo_is_the_only_thing_inferred(tmp_path, count_runs) -> None:
     path = tmp_path / "nohalo.onnx"
     testing.save(model, path)
     with open_model(path) as m:
-        assert m.contract.halo >= testing.unet_receptive_radius(pools=2)
-        assert m.contract.halo % 4 == 0
-        assert m.inferred["alignment"] == "model contract"
-        assert m.inferred["halo"].startswith(f"{m.contract.halo}: graph bound")
-    assert count_runs["runs"] > 0
+        radius = testing.unet_receptive_radius(pools=2)
+        assert m.contract.halo == -(-radius // 4) * 4  # the graph bound, rounded up
+        assert m.inferred["halo"].startswith(f"{m.contract.halo}: graph bound {radius} px")
+        for name in stated:
+            assert m.inferred[name] == "model contract", name
+    assert count_runs["runs"] > 0  # the probe cross-checked the bound
 
 
 # --- built-in models ---------------------------------------------------------------------
@@ -169,3 +170,48 @@ def test_segmenter_and_open_model_take_builtin_names() -> None:
     with Segmenter(model="default") as a, Segmenter() as b:
         assert a.spec == b.spec and a.spec.model == "default"
         np.testing.assert_array_equal(a.predict_frame(frame), b.predict_frame(frame))
+
+
+def test_open_model_reads_a_sidecar_first(tmp_path: Path, count_runs) -> None:
+    # An NCHW model: the sidecar's contract (NCHW, halo 12) wins over what the ONNX
+    # metadata says (NHWC, halo 3), and the backend is made with its layout.
+    model = testing.unet_model(filters=4, pools=2, layout="NCHW")
+    helper.set_model_props(model, {CONTRACT_KEY: ModelContract(halo=3).to_json()})
+    path = tmp_path / "nchw.onnx"
+    testing.save(model, path)
+    sidecar = ModelContract(alignment=4, halo=12, layout="NCHW")
+    sidecar_path(path).write_text(json.dumps({"contract": sidecar.to_dict()}))
+    with open_model(path) as m:
+        assert m.contract == sidecar
+        assert m.backend.layout == "NCHW"
+        assert set(m.inferred.values()) == {"model contract (nchw.onnx.unetrt.json)"}
+    assert count_runs["runs"] == 0
+
+
+def test_an_auxiliary_head_does_not_spoil_the_graph_bound(tmp_path: Path) -> None:
+    # The prediction is a 9 x 9 convolution (radius 4); a second output pools the whole
+    # frame. Only the prediction is tiled, so the bound is the prediction's.
+    from onnx import TensorProto
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 9, 9], [1 / 81] * 81)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["y"], pads=[4, 4, 4, 4]),
+            helper.make_node("GlobalAveragePool", ["x"], ["score"]),
+        ],
+        "aux",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, "H", "W"]),
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1, 1, 1]),
+        ],
+        initializer=[w],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=testing.IR_VERSION
+    )
+    path = tmp_path / "aux.onnx"
+    testing.save(model, path)
+    with open_model(path, threads=1) as m:
+        assert m.contract.halo == 4
+        assert m.inferred["halo"].startswith("4: graph bound 4 px")

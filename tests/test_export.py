@@ -180,9 +180,8 @@ def test_contract_measured_without_training_config(tmp_path: Path) -> None:
     contract = export(keras_path, tmp_path / "model.onnx")
     cfg = load_config({**BASE_CONFIG}).model_config()
     assert contract.alignment == 4
-    # The impulse probe finds the field up to the alignment; the formula is an upper bound.
-    assert 0 < contract.halo <= -(-receptive_field(cfg) // 4) * 4
-    assert contract.halo % 4 == 0  # rounded up to the alignment
+    # The graph bound of the exported model is the architecture's receptive field.
+    assert contract.halo == -(-receptive_field(cfg) // 4) * 4  # rounded up to the alignment
     assert contract.output == "sigmoid"
     assert _contract_of(tmp_path / "model.onnx") == contract
 

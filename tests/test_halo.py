@@ -2,9 +2,12 @@
 
 The foreign model is the shipped default model (a trained Keras U-Net, 3 poolings,
 batch norm, transposed convolutions, exported with tf2onnx) with its contract removed,
-so the engine has to work the halo out itself. An impulse probe on random images
-underestimated it (ReLUs silent around the probe), and tiles then differed from the
-whole frame; the graph bound of `unetrt.onnxgraph` is an upper bound by construction.
+so the engine has to work the halo out itself from the graph (`unetrt.onnxgraph`, an
+upper bound by construction). For this model the impulse probe happens to find the same
+radius (51); the issue's case, a trained 32-filter seed U-Net whose probe radius (33)
+fell short of what real frames reach (46), is not available here, so the last test
+builds a model whose far-reaching branch no probe image wakes, and shows that the graph
+bound keeps tiles exact where the probe's radius would not.
 
 Oracle: `Segmenter(tile="auto")` runs each 520 x 696 frame as one tile; tiles whose
 halo is the graph bound, rounded up to the alignment, must reproduce it. Tiles are 256
@@ -142,7 +145,8 @@ def test_the_bound_is_reached_on_a_real_frame(foreign: Path) -> None:
         reach = max(reach, c - rows.min(), rows.max() - c, c - cols.min(), cols.max() - c)
     bound = onnxgraph.receptive_field(onnxgraph.read_graph(foreign)).radius
     assert bound is not None
-    assert reach <= bound
+    # The real frame reaches the bound itself (51): the bound is tight, not just safe.
+    assert reach == bound
 
 
 @pytest.mark.parametrize("tile", TILES[:1])

@@ -13,7 +13,7 @@ import tifffile
 
 from unetrt import Segmenter, SegmenterSpec, VideoStream
 from unetrt.contract import ModelContract
-from unetrt.errors import InputError, ModelError
+from unetrt.errors import ConfigError, InputError, ModelError
 from unetrt.normalize import Normalization, Statistics
 from unetrt.pipeline import CpuExecutor
 from unetrt.postprocess import PostProcess
@@ -132,13 +132,31 @@ def test_per_frame_normalization_needs_no_statistics(identity_path: Path) -> Non
         assert seg.stack_statistics([np.zeros((4, 4), np.uint8)]) is None
 
 
-def test_streams_are_independent(unet_path: Path) -> None:
-    with Segmenter(unet_path, tile=56) as seg:
-        a, b = seg.stream(name="a"), seg.stream(name="b")
-        frame = np.random.default_rng(1).integers(0, 255, (40, 40), dtype=np.uint8)
-        list(seg.predict_frames([frame, frame], a))
-        seg.predict_frame(frame, b)
+def test_streams_are_independent(identity_path: Path) -> None:
+    spec = Normalization(method="mean", scope="stack")
+    frame = np.full((4, 4), 100, np.uint8)
+    with Segmenter(identity_path, normalization=spec) as seg:
+        a, b = seg.stream(Statistics(center=50.0), name="a"), seg.stream(name="b")
+        got_a = list(seg.predict_frames([frame, frame], a))
+        with pytest.raises(ConfigError, match="normalizes per stack"):
+            seg.predict_frame(frame, b)  # b has no statistics of its own
+        b.stats = Statistics(center=100.0)
+        got_b = seg.predict_frame(frame, b)
     assert (a.frames_seen, b.frames_seen) == (2, 1)
+    np.testing.assert_array_equal(got_a[1], got_a[0])
+    x = np.float32(100) * np.float32(1 / 255)  # the kernel's two roundings
+    assert got_a[0][0, 0] == x + np.float32(0.5 - 50 / 255)
+    assert got_b[0, 0] == x + np.float32(0.5 - 100 / 255)
+
+
+def test_a_stream_handed_to_another_segmenter_gets_that_ones_tiles(unet_path: Path) -> None:
+    frame = np.random.default_rng(9).integers(0, 255, (90, 100), dtype=np.uint8)
+    with Segmenter(unet_path) as whole, Segmenter(unet_path, tile=56, stitch="blend") as blend:
+        stream = whole.stream()
+        exact = whole.predict_frame(frame, stream)
+        blended = blend.predict_frame(frame, stream)  # its own plan, with tapers
+        np.testing.assert_array_equal(blended, blend.predict_frame(frame))
+        np.testing.assert_array_equal(whole.predict_frame(frame, stream), exact)
 
 
 def test_plan_is_frozen_per_size_and_taper_computed_once(unet_path, monkeypatch) -> None:
@@ -180,12 +198,23 @@ def test_jobs_drop_their_frame_once_cut(unet_path: Path, monkeypatch) -> None:
     assert seen and all(seen)
 
 
-def test_executor_keeps_several_frames_in_flight(identity_path: Path) -> None:
+def test_executor_keeps_several_frames_in_flight(identity_path: Path, monkeypatch) -> None:
     # batch 3 over one-tile frames: three frames are cut before the engine runs once.
+    from unetrt.backends.onnxruntime import OnnxRuntimeBackend
+
+    batches = []
+    real = OnnxRuntimeBackend.run
+
+    def counting(self, feeds, out=None):
+        batches.append(len(next(iter(feeds.values()))))
+        return real(self, feeds, out)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "run", counting)
     frames = [np.full((8, 8), float(i), np.float32) for i in range(7)]
     with Segmenter(identity_path, batch=3) as seg:
         out = list(seg.predict_frames(frames))
     assert [float(o[0, 0]) for o in out] == [float(i) for i in range(7)]
+    assert batches == [3, 3, 1]
 
 
 def test_two_threads_share_a_segmenter(unet_path: Path) -> None:
@@ -253,6 +282,28 @@ def test_nan_in_a_sampled_frame_fails_the_statistics(identity_path: Path, tmp_pa
     ):
         seg.segment(path, tmp_path / "out.tif", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["float.tif"]
+
+
+def test_float64_beyond_float32_is_an_error(identity_path: Path) -> None:
+    frame = np.zeros((4, 4), np.float64)
+    frame[0, 1] = 1e39
+    with Segmenter(identity_path) as seg, pytest.raises(InputError, match="beyond the float32"):
+        seg.predict_frame(frame)
+
+
+def test_an_infinite_logit_is_an_error_not_a_certain_pixel(tmp_path: Path) -> None:
+    from onnx import helper
+
+    from unetrt import testing
+
+    # y = 1e30 * x: logits overflow float32 to infinity, which a sigmoid would make 1.
+    model = affine_model(scale=1e30, offset=0.0)
+    contract = ModelContract(normalization=Normalization(method="none"), output="logits")
+    helper.set_model_props(model, {"unetrt": contract.to_json()})
+    path = tmp_path / "huge.onnx"
+    testing.save(model, path)
+    with Segmenter(path) as seg, pytest.raises(ModelError, match="NaN or infinite values"):
+        seg.predict_frame(np.full((4, 4), 1e9, np.float32))
 
 
 def test_a_model_that_outputs_nan_is_an_error(tmp_path: Path) -> None:

@@ -107,7 +107,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         stitch=args.stitch,
         normalization=_normalization_changes(args),
         postprocess=postprocess,
-        nan=args.nan,
     ) as segmenter:
         summary = segmenter.segment(
             args.input,
@@ -246,12 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--frames", metavar="START:STOP", help="only these frames (0-based)")
     seg.add_argument(
-        "--nan",
-        type=float,
-        metavar="VALUE",
-        help="read NaN pixels of float frames as VALUE (default: a frame with NaN is an error)",
-    )
-    seg.add_argument(
         "--clear-border", action="store_true", help="drop objects touching the frame border"
     )
     seg.add_argument(
@@ -312,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Segmenter options of `_add_engine_options` and `_add_run_options`."""
-    names = ("backend", "device", "tile", "batch", "threshold", "threads")
+    names = ("backend", "device", "tile", "batch", "threshold", "threads", "nan")
     return {name: getattr(args, name) for name in names}
 
 
@@ -341,6 +334,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--min-size", type=int, default=0, metavar="N", help="remove objects smaller than N pixels"
     )
     parser.add_argument("--fill-holes", action="store_true", help="fill holes in objects")
+    parser.add_argument(
+        "--nan",
+        type=float,
+        metavar="VALUE",
+        help="read NaN pixels of float frames as VALUE (default: a frame with NaN is an error)",
+    )
 
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:

@@ -127,7 +127,7 @@ def evaluate(
     """Segment annotated frames with a model and score the masks against the truth.
 
     Args:
-        model: ONNX model; None uses the default model shipped with unetrt.
+        model: ONNX model or built-in model name (``"default"``); None is the default.
         images: The frames: a multi-page TIFF, a folder or a glob of single frames.
         masks: The ground truth, in the same forms: binary or instance masks
             (foreground ``> 0``).

@@ -8,7 +8,8 @@ stored next to the model by ``unetrt train`` (``config.json``, found beside the 
 for a checkpoint, in the run folder above ``checkpoints/``): alignment ``2**pools``,
 halo = the receptive-field radius of the architecture, normalization, output kind and
 class names. Without that file, a frame model's contract is measured from the
-exported graph (`unetrt.model.infer_contract`: alignment and halo by probing).
+exported graph (`unetrt.model.infer_contract`: alignment by probing, halo from the
+graph's receptive-field bound, cross-checked by an impulse probe).
 
 Before the file appears, ONNX Runtime runs the exported graph on random frames (and on
 real ones, if given) and must agree with Keras to ``atol``; otherwise `ExportError` is

@@ -186,8 +186,8 @@ def open_model(
         known = {k: getattr(stored.contract, k) for k in stated} if stored is not None else {}
         known.update(given)
         contract, inferred = infer_contract(be, known, graph_source=path, image=image)
-        for name in stated:
-            inferred[name] = "model contract" if stored is None else _stated(stored)
+        if stored is not None:
+            inferred.update(dict.fromkeys(stated, _stated(stored)))
         inferred.update(dict.fromkeys(given, "given"))
         _check_fit(be, image, contract, label)
     except BaseException:
@@ -504,7 +504,7 @@ def _infer_halo(
         (which of the two decided), and a probe output (for `_output_kind`).
     """
     radius, how_probe, sample, bounded = _probe_halo(probe, alignment, fixed)
-    bound, why = _graph_bound(graph_source, probe.input.name)
+    bound, why = _graph_bound(graph_source, probe)
     if bound is None:
         halo = _round_up(radius, alignment)
         return halo, f"{halo}: {how_probe} (no graph bound: {why})", sample
@@ -526,8 +526,10 @@ def _infer_halo(
 
 
 def _graph_bound(
-    source: str | os.PathLike[str] | bytes | None, input_name: str
+    source: str | os.PathLike[str] | bytes | None, probe: _Probe
 ) -> tuple[int | None, str]:
+    """The graph's bound for the prediction alone (an auxiliary head that pools over the
+    frame does not spoil it), or None and why not."""
     if source is None:
         return None, "no ONNX graph"
     from .onnxgraph import read_graph, receptive_field
@@ -536,7 +538,9 @@ def _graph_bound(
         graph = read_graph(source)
     except ModelError as exc:  # e.g. a compiled engine: only the probe can tell
         return None, str(exc)
-    found = receptive_field(graph, input_name)
+    found = receptive_field(
+        graph, probe.input.name, layout=probe.backend.layout, outputs=[probe.output.name]
+    )
     return found.radius, found.reason
 
 

@@ -72,6 +72,11 @@ class Normalization:
                 f"got {self.illumination_sigma!r}"
             )
 
+    @property
+    def needs_stack_statistics(self) -> bool:
+        """True when the map uses statistics of the whole stack (`stack_statistics`)."""
+        return self.scope == "stack" and self.method not in ("none", "range")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
         return asdict(self)
@@ -377,7 +382,7 @@ def prepare_frame(
     if spec.illumination_sigma is not None:
         values = correct_illumination(values, spec.illumination_sigma)
     if stats is None:
-        if spec.scope == "stack" and spec.method not in ("none", "range"):
+        if spec.needs_stack_statistics:
             raise ConfigError(
                 "stack-scope normalization needs statistics from stack_statistics(), got None"
             )

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -128,7 +128,7 @@ class VideoStream:
         self.frames_seen = 0
         self.state: dict[str, np.ndarray] = {}
         self._describe = describe_frame
-        self._sizes: dict[tuple[int, int], PlannedSize] = {}
+        self._sizes: dict[tuple[TilePolicy, bool, int, int], PlannedSize] = {}
 
     def describe_frame(self, index: int) -> str:
         """How messages name frame ``index`` of this video."""
@@ -136,11 +136,14 @@ class VideoStream:
 
     def planned(self, policy: TilePolicy, height: int, width: int, blend: bool) -> PlannedSize:
         """The frozen plan for frames of this size (made at the first such frame)."""
-        entry = self._sizes.get((height, width))
+        # Keyed by the policy too: a stream handed from one Segmenter to another (other
+        # tiles or halo) gets that one's plans, never a stale plan.
+        key = (policy, blend, height, width)
+        entry = self._sizes.get(key)
         if entry is None:
             plan = policy.plan(height, width)
             taper = tiling.taper_weights(plan.tile_h, plan.tile_w) if blend else None
-            entry = self._sizes[(height, width)] = PlannedSize(plan, taper)
+            entry = self._sizes[key] = PlannedSize(plan, taper)
         return entry
 
     def __repr__(self) -> str:
@@ -171,17 +174,11 @@ def fit_statistics(
         The statistics, or None when the normalization is per frame or needs none.
     """
     spec = contract.normalization
-    if not needs_stack_statistics(contract):
+    if not spec.needs_stack_statistics:
         return None
     return sample_statistics(
         lambda i: check_frame(read(i), checks, describe_frame(i)), n_frames, spec
     )
-
-
-def needs_stack_statistics(contract: ModelContract) -> bool:
-    """True when the contract's normalization uses statistics of the whole stack."""
-    spec = contract.normalization
-    return spec.scope == "stack" and spec.method not in ("none", "range")
 
 
 # ----------------------------------------------------------------------- stages
@@ -216,6 +213,13 @@ def check_frame(frame: np.ndarray, checks: FrameChecks, label: str) -> np.ndarra
     if frame.ndim == 3 and frame.shape[-1] == 1 and checks.channels == 1:
         frame = frame[..., 0]
     check_shape(frame.shape, checks.channels)
+    if frame.dtype.kind == "f" and frame.dtype.itemsize > 4:
+        # The kernel computes in float32: larger magnitudes would become infinity there.
+        big = int(np.count_nonzero(np.abs(frame) > np.finfo(np.float32).max))
+        if big:
+            raise InputError(
+                f"{label} holds {big} pixel value(s) beyond the float32 range; no mask made"
+            )
     if frame.dtype.kind == "f" and not np.isfinite(frame).all():
         nan = np.isnan(frame)
         infinite = int(np.count_nonzero(~nan & ~np.isfinite(frame)))
@@ -236,7 +240,7 @@ def prepare(
     """Stage 1: the checked frame the kernel reads and its normalization map."""
     label = stream.describe_frame(stream.frames_seen)
     frame = check_frame(raw, checks, label)
-    if needs_stack_statistics(contract) and stream.stats is None:
+    if contract.normalization.needs_stack_statistics and stream.stats is None:
         raise ConfigError(
             "this model normalizes per stack: call fit_stack() with the stack first, "
             "open a stream with its statistics, or use segment() which does it"
@@ -292,18 +296,24 @@ def stitch(job: FrameJob, outputs: np.ndarray, tiles: slice, layout: str, thread
 
 
 def finish(job: FrameJob, threads: int) -> np.ndarray:
-    """Stage 7: the frame's probabilities, (H, W) for one channel or (H, W, K).
-
-    Raises:
-        ModelError: If the model produced NaN or infinity for the frame (a broken or
-            overflowing model would otherwise give a silently empty mask).
-    """
+    """Stage 7: the frame's probabilities, (H, W) for one channel or (H, W, K)."""
     if job.weight_sum is not None:
         tiling.finish_blend(job.probabilities, job.weight_sum, threads=threads)
     probs = job.probabilities
-    if not np.isfinite(probs).all():
-        raise ModelError(f"the model produced NaN or infinite values for {job.label}")
     return probs[..., 0] if probs.shape[-1] == 1 else probs
+
+
+def check_outputs(outputs: np.ndarray, slots: Sequence[tuple[FrameJob, int]]) -> None:
+    """Stage 4b: model outputs must be finite (checked before activation, where an
+    infinite logit would become a plausible 0 or 1).
+
+    Raises:
+        ModelError: Naming the frames of the batch: a broken or overflowing model would
+            otherwise give silently empty masks.
+    """
+    if not np.isfinite(outputs).all():
+        labels = list(dict.fromkeys(job.label for job, _ in slots))
+        raise ModelError(f"the model produced NaN or infinite values for {', '.join(labels)}")
 
 
 # ----------------------------------------------------------------------- executors
@@ -340,10 +350,15 @@ class ExecutorConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        if self.batch < 1:
-            raise ConfigError(f"batch must be >= 1, got {self.batch}")
-        if self.stitch not in STITCH_MODES:
-            raise ConfigError(f"stitch must be one of {STITCH_MODES}, got {self.stitch!r}")
+        check_batching(self.batch, self.stitch)
+
+
+def check_batching(batch: int, stitch: str) -> None:
+    """Raises ConfigError for a batch below 1 or an unknown stitch mode."""
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {batch}")
+    if stitch not in STITCH_MODES:
+        raise ConfigError(f"stitch must be one of {STITCH_MODES}, got {stitch!r}")
 
 
 @dataclass(eq=False)
@@ -420,6 +435,7 @@ class CpuExecutor:
                 if len(slots) == self.config.batch:
                     self._run_batch(buffers, slots)
                     slots.clear()
+            del raw, frame  # only the job's tiles and results are kept from here on
             while pending and pending[0].remaining == 0:
                 yield finish(pending.popleft(), threads)
         if slots:
@@ -468,6 +484,7 @@ class CpuExecutor:
         rows = self.config.batch if self._padded else n
         out = None if buffers.outputs is None else buffers.outputs[:rows]
         outputs = self.model.predict(buffers.inputs[:rows], out)[:n]
+        check_outputs(outputs, slots)
         layout = self.config.contract.layout
         outputs = masks.activate(outputs, self.config.contract.output, channel_axis(layout))
         # Stitch runs of consecutive tiles of the same frame with one call each.

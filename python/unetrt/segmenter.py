@@ -34,6 +34,7 @@ from .pipeline import (
     FrameChecks,
     TilePolicy,
     VideoStream,
+    check_batching,
     check_shape,
     fit_statistics,
 )
@@ -203,10 +204,7 @@ class Segmenter:
         # locals() holds the arguments only).
         options = {k: v for k, v in locals().items() if k not in ("self", "model")}
         del options["normalization"]  # recorded below, in the spec's own form
-        if batch < 1:
-            raise ConfigError(f"batch must be >= 1, got {batch}")
-        if stitch not in STITCH_MODES:
-            raise ConfigError(f"stitch must be one of {STITCH_MODES}, got {stitch!r}")
+        check_batching(batch, stitch)  # before the model loads: fail fast
         if threads is not None and (isinstance(threads, bool) or threads < 1):
             raise ConfigError(f"threads must be >= 1, got {threads}")
         if max_tile_pixels < 1:

@@ -177,48 +177,55 @@ class OnnxRuntimeBackend(Closeable):
                 )
             converted[name] = np.ascontiguousarray(array, dtype=self._input_names[name].dtype)
         try:
-            if out:
-                return self._run_bound(converted, out)
-            names = [o.name for o in self.outputs]
-            values = session.run(names, converted, self._run_options)
-        except (ModelError, ValueError):
-            raise
+            result = self._run_bound(converted, out) if out else None
+            if result is None:
+                names = [o.name for o in self.outputs]
+                values = session.run(names, converted, self._run_options)
+                result = {n: np.asarray(v, np.float32) for n, v in zip(names, values, strict=True)}
         except Exception as exc:  # ONNX Runtime's own exception types
             raise ModelError(
                 f"model {self.label} failed on {self._describe(feeds)}: {_ort_message(exc)}"
             ) from exc
-        return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, values, strict=True)}
+        for name, buffer in (out or {}).items():
+            # Outputs ONNX Runtime could not write in place (a float16 model's): copied in.
+            # One of another shape than its buffer is returned as is, for the caller to name.
+            value = result[name]
+            if value is not buffer and value.shape == buffer.shape:
+                np.copyto(buffer, value)
+                result[name] = buffer
+        return result
 
     def _run_bound(
         self, feeds: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
-        """One run writing the outputs that have buffers straight into them."""
+    ) -> dict[str, np.ndarray] | None:
+        """One run writing outputs straight into the caller's buffers (an I/O binding).
+
+        Only buffers of the output's own dtype are bound. Returns None when the bound run
+        fails (an output of another shape than its buffer), so that `run` runs unbound
+        and the caller sees what the model really returned.
+        """
         binding = self.session.io_binding()
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
+        bound: dict[str, np.ndarray] = {}
         for spec in self.outputs:
             buffer = out.get(spec.name)
-            if buffer is None:
-                binding.bind_output(spec.name, "cpu")
-            else:
-                if buffer.dtype != spec.dtype or not buffer.flags.c_contiguous:
-                    raise ValueError(
-                        f"output buffer {spec.name!r} must be C-contiguous {spec.dtype}, "
-                        f"got {buffer.dtype}"
-                    )
+            if buffer is not None and buffer.dtype == spec.dtype and buffer.flags.c_contiguous:
                 binding.bind_ortvalue_output(spec.name, ort.OrtValue.ortvalue_from_numpy(buffer))
-        self.session.run_with_iobinding(binding, self._run_options)
-        values = binding.copy_outputs_to_cpu()
-        result = {}
-        for spec, value in zip(self.outputs, values, strict=True):
-            buffer = out.get(spec.name)
-            if buffer is not None and value.shape != buffer.shape:
-                raise ModelError(
-                    f"model {self.label} returned {spec.name!r} of shape {value.shape}, "
-                    f"not the shape {buffer.shape} of its buffer"
-                )
-            result[spec.name] = buffer if buffer is not None else np.asarray(value, np.float32)
-        return result
+                bound[spec.name] = buffer
+            else:
+                binding.bind_output(spec.name, "cpu")
+        try:
+            self.session.run_with_iobinding(binding, self._run_options)
+        except Exception:  # ONNX Runtime's own types; the unbound run reports it properly
+            return None
+        values = binding.get_outputs()  # bound ones are the caller's memory: no copy
+        return {
+            spec.name: bound[spec.name]
+            if spec.name in bound
+            else np.asarray(value.numpy(), np.float32)
+            for spec, value in zip(self.outputs, values, strict=True)
+        }
 
     def _describe(self, feeds: Mapping[str, np.ndarray]) -> str:
         if len(self.inputs) == 1:

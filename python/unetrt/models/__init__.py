@@ -52,8 +52,3 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     if not path.exists() and isinstance(model, str) and model in BUILTIN_MODELS:
         return builtin_path(model)
     return path
-
-
-def model_label(model: str | os.PathLike[str] | None) -> str:
-    """How to name a model option in messages and specs: the name or the path given."""
-    return DEFAULT_MODEL if model is None else os.fspath(model)

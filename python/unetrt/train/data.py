@@ -461,7 +461,7 @@ def normalize_video(
     from ..normalize import normalize_frame, sample_statistics
 
     stats = None
-    if spec.scope == "stack" and spec.method not in ("none", "range"):
+    if spec.needs_stack_statistics:
         stats = sample_statistics(video.frames.__getitem__, len(video.frames), spec)
     return {i: normalize_frame(video.frames[i], spec, stats) for i in positions}
 

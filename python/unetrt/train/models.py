@@ -31,6 +31,7 @@ from typing import Any
 import keras
 from keras import layers, ops
 
+from ..contract import INPUT_NAME
 from ..errors import ConfigError
 from .unet_config import (
     SEED_MODEL_NAMES,
@@ -301,7 +302,7 @@ def build_unet(cfg: UNetConfig) -> keras.Model:
     """
     if cfg.temporal != "none":
         raise ConfigError(f"build_unet builds frame models; got temporal={cfg.temporal!r}")
-    frame = keras.Input((None, None, cfg.channels_in), name="frame")
+    frame = keras.Input((None, None, cfg.channels_in), name=INPUT_NAME)
     return keras.Model(frame, _Builder(cfg).network([frame]), name="unet")
 
 
