@@ -149,14 +149,22 @@ def test_the_bound_is_reached_on_a_real_frame(foreign: Path) -> None:
     assert reach == bound
 
 
-@pytest.mark.parametrize("tile", TILES[:1])
+@pytest.mark.parametrize("tile", [192, TILES[0]])
 def test_tiles_with_the_automatic_halo_match_the_whole_frame(
     foreign: Path, whole: Segmenter, tile: int
 ) -> None:
-    # What a user gets without giving a halo: the engine's inferred halo must be safe.
+    # What a user gets without giving a halo: the engine's inferred halo must be safe,
+    # down to small tiles (192: an 80-pixel core, 63 tiles a frame).
     with Segmenter(foreign, tile=tile) as seg:
-        assert seg.contract.halo >= _halo(foreign)
+        assert seg.contract.halo == _halo(foreign)
         _check_tiles_match(seg, whole, _synthetic_frame())
+
+
+@pytest.mark.data
+def test_small_tiles_with_the_automatic_halo_on_u373(foreign: Path, whole: Segmenter) -> None:
+    frame = tifffile.imread(_frames_dir() / "t085.tif")
+    with Segmenter(foreign, tile=192) as seg:
+        _check_tiles_match(seg, whole, frame)
 
 
 # --- a model the impulse probe underestimates ------------------------------------------
