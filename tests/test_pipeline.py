@@ -59,6 +59,8 @@ def test_spec_round_trips_every_option(unet_path: Path) -> None:
         max_tile_pixels=4096,
         postprocess=PostProcess(min_size=3, fill_holes=True),
         nan=0.0,
+        queue_size=3,
+        when_full="drop_oldest",
     )
     with Segmenter(unet_path, **options) as seg:
         spec = seg.spec

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from . import masks, tiling
 from .contract import ModelContract
 from .errors import ConfigError, OutputError
 from .io import FrameSource, StackWriter, open_frames, prefetch
+from .live import LiveQueue, LiveStats, check_queue
 from .model import Model, open_model
 from .models import BUILTIN_MODELS, DEFAULT_MODEL
 from .normalize import Normalization, Statistics
@@ -43,6 +45,8 @@ from .postprocess import PostProcess
 #: Largest tile (in pixels) that ``tile="auto"`` sends to the engine in one piece.
 #: 2048 x 2048 keeps a 32-filter U-Net's activations within a few GiB of memory.
 DEFAULT_MAX_TILE_PIXELS = 2048 * 2048
+#: Frames that may wait in the live queue of `Segmenter.submit` (by default).
+DEFAULT_QUEUE_SIZE = 8
 
 __all__ = ["STITCH_MODES", "SegmentSummary", "Segmenter", "SegmenterSpec", "VideoStream"]
 
@@ -113,6 +117,8 @@ class SegmenterSpec:
     max_tile_pixels: int = DEFAULT_MAX_TILE_PIXELS
     postprocess: PostProcess = PostProcess()
     nan: float | None = None
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    when_full: str = "block"
 
     @classmethod
     def of(cls, model: str | os.PathLike[str] | None = None, **options: Any) -> SegmenterSpec:
@@ -181,6 +187,10 @@ class Segmenter:
         postprocess: Optional mask post-processing.
         nan: What NaN pixels of floating-point frames read as; None (default): a frame
             holding NaN is an error naming the frame.
+        queue_size: Frames that may wait in the live queue of `submit`.
+        when_full: What `submit` does when that queue is full: ``"block"`` (wait for
+            room) or ``"drop_oldest"`` (drop the oldest waiting frame, cancelling its
+            future, to keep up with a faster producer; see `dropped`).
     """
 
     def __init__(
@@ -199,12 +209,15 @@ class Segmenter:
         max_tile_pixels: int = DEFAULT_MAX_TILE_PIXELS,
         postprocess: PostProcess | None = None,
         nan: float | None = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        when_full: str = "block",
     ) -> None:
         # Every argument but the model, as given: what the spec records (first, so that
         # locals() holds the arguments only).
         options = {k: v for k, v in locals().items() if k not in ("self", "model")}
         del options["normalization"]  # recorded below, in the spec's own form
         check_batching(batch, stitch)  # before the model loads: fail fast
+        check_queue(queue_size, when_full)
         if threads is not None and (isinstance(threads, bool) or threads < 1):
             raise ConfigError(f"threads must be >= 1, got {threads}")
         if max_tile_pixels < 1:
@@ -276,6 +289,13 @@ class Segmenter:
             ),
         )
         self._live = VideoStream("frames")
+        self._queue = LiveQueue(
+            lambda frames: self.predict_frames(frames, self._live),
+            self.to_mask,
+            batch=self.batch,
+            queue_size=queue_size,
+            when_full=when_full,
+        )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -381,6 +401,37 @@ class Segmenter:
         for probs in self.predict_frames(frames, stream):
             yield self.to_mask(probs)
 
+    # ------------------------------------------------------------------ live
+    def submit(self, frame: np.ndarray, probabilities: bool = False) -> Future[np.ndarray]:
+        """Segment a frame in the background; returns at once.
+
+        Frames are segmented in submission order by one worker thread on the live stream
+        (the one `segment_frame` uses without a stream), several per engine call when
+        they queue up. The frame is copied, so the caller may reuse its buffer. Safe to
+        call from any thread.
+
+        Args:
+            frame: The frame, as for `segment_frame`.
+            probabilities: Resolve to the probabilities instead of the mask.
+
+        Returns:
+            A future resolving to the mask (see `to_mask`) or the probabilities; its
+            exception is the frame's error (e.g. an `InputError` for a NaN frame); it is
+            cancelled if the frame was dropped (``when_full="drop_oldest"``).
+        """
+        check_shape(np.shape(frame), self.contract.channels)
+        return self._queue.submit(frame, probabilities)
+
+    @property
+    def dropped(self) -> int:
+        """Submitted frames dropped unsegmented because the queue was full."""
+        return self._queue.stats.dropped
+
+    @property
+    def live_stats(self) -> LiveStats:
+        """Submitted, completed, dropped and failed frames of `submit`."""
+        return self._queue.stats
+
     # ------------------------------------------------------------------ whole stacks
     def segment(
         self,
@@ -446,7 +497,8 @@ class Segmenter:
         return SegmentSummary(count, time.perf_counter() - started, out_path, prob_path)
 
     def close(self) -> None:
-        """Release the engine."""
+        """Finish the frames waiting in the live queue, then release the engine."""
+        self._queue.close()
         self.model.close()
 
     def __enter__(self) -> Segmenter:

@@ -1,0 +1,197 @@
+"""Live segmentation: frames submitted one by one, segmented by one worker thread.
+
+`unetrt.Segmenter.submit` hands a frame to a `LiveQueue` and returns a
+`concurrent.futures.Future` at once; the queue's worker segments frames in submission
+order on the Segmenter's live `unetrt.pipeline.VideoStream` (so a temporal model keeps
+its state across submitted frames), taking as many waiting frames per engine call as the
+Segmenter batches, and resolves each future with the mask (or the probabilities).
+
+A producer faster than the engine meets a bounded queue: ``when_full="block"`` makes
+`submit` wait for room; ``"drop_oldest"`` drops the oldest waiting frame (its future is
+cancelled and counted in `LiveStats.dropped`) so that the newest frames keep flowing,
+as a microscope that must react to what it sees now wants.
+
+Frames are copied at `submit` into slots reused frame after frame (a camera driver may
+reuse its buffer as soon as the call returns); the masks and probabilities handed to
+the futures are new arrays owned by the caller.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+WHEN_FULL = ("block", "drop_oldest")
+
+
+@dataclass(frozen=True)
+class LiveStats:
+    """What the live queue did so far.
+
+    Attributes:
+        submitted: Frames handed to `submit`.
+        completed: Frames whose future got a result.
+        dropped: Frames dropped unsegmented (``when_full="drop_oldest"``).
+        failed: Frames whose future got an exception.
+    """
+
+    submitted: int = 0
+    completed: int = 0
+    dropped: int = 0
+    failed: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"live: {self.submitted} frames submitted, {self.completed} segmented, "
+            f"{self.dropped} dropped, {self.failed} failed"
+        )
+
+
+@dataclass(eq=False)
+class _Item:
+    frame: np.ndarray
+    future: Future[np.ndarray]
+    probabilities: bool
+
+
+class LiveQueue:
+    """A bounded queue of submitted frames and the thread that segments them.
+
+    Args:
+        predict: Runs frames through the pipeline: ``predict(frames)`` yields their
+            probabilities in order (the Segmenter's live stream is bound in).
+        to_mask: Turns probabilities into a mask.
+        batch: Frames the worker takes per run when several are waiting.
+        queue_size: Frames that may wait.
+        when_full: ``"block"`` or ``"drop_oldest"``.
+    """
+
+    def __init__(
+        self,
+        predict: Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]],
+        to_mask: Callable[[np.ndarray], np.ndarray],
+        *,
+        batch: int,
+        queue_size: int,
+        when_full: str,
+    ) -> None:
+        check_queue(queue_size, when_full)
+        self._predict = predict
+        self._to_mask = to_mask
+        self._batch = batch
+        self._size = queue_size
+        self._when_full = when_full
+        self._waiting: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._slots: dict[tuple[tuple[int, ...], np.dtype[Any]], list[np.ndarray]] = {}
+        self._stats = LiveStats()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def stats(self) -> LiveStats:
+        """Counts of submitted, completed, dropped and failed frames."""
+        with self._cond:
+            return self._stats
+
+    def submit(self, frame: np.ndarray, probabilities: bool = False) -> Future[np.ndarray]:
+        """Queue a frame; see `unetrt.Segmenter.submit`."""
+        frame = np.asarray(frame)
+        future: Future[np.ndarray] = Future()
+        with self._cond:
+            if self._closing:
+                raise ConfigError("this Segmenter is closed; submit frames to an open one")
+            slot = self._slot(frame)
+            np.copyto(slot, frame)
+            self._count(submitted=1)
+            if len(self._waiting) >= self._size:
+                if self._when_full == "drop_oldest":
+                    oldest = self._waiting.popleft()
+                    oldest.future.cancel()
+                    self._free(oldest.frame)
+                    self._count(dropped=1)
+                else:
+                    while len(self._waiting) >= self._size and not self._closing:
+                        self._cond.wait()
+            self._waiting.append(_Item(slot, future, probabilities))
+            self._cond.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="unetrt-live", daemon=True)
+                self._thread.start()
+        return future
+
+    def close(self) -> None:
+        """Segment what is waiting, then stop the worker."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    # ------------------------------------------------------------------ worker side
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._closing:
+                    self._cond.wait()
+                if not self._waiting:
+                    return
+                take = min(len(self._waiting), self._batch)
+                items = [self._waiting.popleft() for _ in range(take)]
+                self._cond.notify_all()  # room for a blocked producer
+            running = [item for item in items if item.future.set_running_or_notify_cancel()]
+            self._run(running)
+            with self._cond:
+                for item in items:
+                    self._free(item.frame)
+
+    def _run(self, items: list[_Item]) -> None:
+        done = 0
+        try:
+            for item, probs in zip(items, self._predict([i.frame for i in items]), strict=True):
+                self._resolve(item, probs)
+                done += 1
+        except Exception:
+            # One bad frame must not fail its neighbours: the rest, one at a time.
+            for item in items[done:]:
+                try:
+                    self._resolve(item, next(iter(self._predict([item.frame]))))
+                except Exception as exc:
+                    item.future.set_exception(exc)
+                    with self._cond:
+                        self._count(failed=1)
+
+    def _resolve(self, item: _Item, probabilities: np.ndarray) -> None:
+        result = probabilities if item.probabilities else self._to_mask(probabilities)
+        item.future.set_result(result)
+        with self._cond:
+            self._count(completed=1)
+
+    # ------------------------------------------------------------------ helpers
+    def _count(self, **changes: int) -> None:
+        s = self._stats
+        self._stats = LiveStats(**{k: getattr(s, k) + changes.get(k, 0) for k in vars(s)})
+
+    def _slot(self, frame: np.ndarray) -> np.ndarray:
+        free = self._slots.setdefault((frame.shape, frame.dtype), [])
+        return free.pop() if free else np.empty(frame.shape, frame.dtype)
+
+    def _free(self, slot: np.ndarray) -> None:
+        self._slots.setdefault((slot.shape, slot.dtype), []).append(slot)
+
+
+def check_queue(queue_size: int, when_full: str) -> None:
+    """Raises ConfigError for a queue size below 1 or an unknown full-queue policy."""
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        raise ConfigError(f"queue_size must be a positive integer, got {queue_size!r}")
+    if when_full not in WHEN_FULL:
+        raise ConfigError(f"when_full must be one of {WHEN_FULL}, got {when_full!r}")
