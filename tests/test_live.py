@@ -75,13 +75,13 @@ def test_drop_oldest_keeps_up_with_a_fast_producer(unet_path: Path, monkeypatch)
     frames = _frames(40, seed=2)
     with Segmenter(unet_path, queue_size=2, when_full="drop_oldest") as seg:
         expected = [seg.segment_frame(f) for f in frames]
-        real = seg.predict_frames
+        real = seg.model.backend.run
 
-        def slow(frames_, stream=None):  # an engine slower than the camera
+        def slow(feeds, out=None):  # an engine slower than the camera
             time.sleep(0.02)
-            return real(frames_, stream)
+            return real(feeds, out)
 
-        monkeypatch.setattr(seg, "predict_frames", slow)
+        monkeypatch.setattr(seg.model.backend, "run", slow)
         futures = [seg.submit(f) for f in frames]  # as fast as Python goes
         for fut in futures:
             with contextlib.suppress(CancelledError):
@@ -129,6 +129,10 @@ def test_a_bad_frame_fails_only_its_own_future(tmp_path: Path) -> None:
         for i in (0, 2, 3):
             np.testing.assert_array_equal(futures[i].result(timeout=30), frames[i])
         assert seg.live_stats.failed == 1
+        # Frames keep their numbers in messages, the refused one included.
+        nan = np.full((8, 8), np.nan, np.float32)
+        with pytest.raises(InputError, match="^frame 4 of frames holds"):
+            seg.submit(nan).result(timeout=30)
 
 
 def test_submit_checks_the_shape_at_once(unet_path: Path) -> None:

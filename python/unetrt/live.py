@@ -67,7 +67,8 @@ class LiveQueue:
 
     Args:
         predict: Runs frames through the pipeline: ``predict(frames)`` yields their
-            probabilities in order (the Segmenter's live stream is bound in).
+            probabilities in order, or in place of a refused frame its exception (the
+            Segmenter's live stream is bound in).
         to_mask: Turns probabilities into a mask.
         batch: Frames the worker takes per run when several are waiting.
         queue_size: Frames that may wait.
@@ -76,7 +77,7 @@ class LiveQueue:
 
     def __init__(
         self,
-        predict: Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]],
+        predict: Callable[[Iterable[np.ndarray]], Iterator[np.ndarray | Exception]],
         to_mask: Callable[[np.ndarray], np.ndarray],
         *,
         batch: int,
@@ -157,24 +158,32 @@ class LiveQueue:
     def _run(self, items: list[_Item]) -> None:
         done = 0
         try:
-            for item, probs in zip(items, self._predict([i.frame for i in items]), strict=True):
-                self._resolve(item, probs)
+            # A refused frame comes back as its exception, in its place (isolating
+            # executor): it fails its own future only.
+            for item, result in zip(items, self._predict([i.frame for i in items]), strict=True):
                 done += 1
-        except Exception:
-            # One bad frame must not fail its neighbours: the rest, one at a time.
+                if isinstance(result, Exception):
+                    self._fail(item, result)
+                else:
+                    self._resolve(item, result)
+        except Exception as exc:  # the engine failed: the frames of this run with it
             for item in items[done:]:
-                try:
-                    self._resolve(item, next(iter(self._predict([item.frame]))))
-                except Exception as exc:
-                    item.future.set_exception(exc)
-                    with self._cond:
-                        self._count(failed=1)
+                self._fail(item, exc)
 
     def _resolve(self, item: _Item, probabilities: np.ndarray) -> None:
-        result = probabilities if item.probabilities else self._to_mask(probabilities)
+        try:
+            result = probabilities if item.probabilities else self._to_mask(probabilities)
+        except Exception as exc:  # post-processing
+            self._fail(item, exc)
+            return
         item.future.set_result(result)
         with self._cond:
             self._count(completed=1)
+
+    def _fail(self, item: _Item, exc: Exception) -> None:
+        item.future.set_exception(exc)
+        with self._cond:
+            self._count(failed=1)
 
     # ------------------------------------------------------------------ helpers
     def _count(self, **changes: int) -> None:

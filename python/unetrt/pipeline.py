@@ -35,7 +35,7 @@ import numpy as np
 from . import masks, tiling
 from .backends.base import channel_axis
 from .contract import ModelContract
-from .errors import ConfigError, InputError, ModelError
+from .errors import ConfigError, InputError, ModelError, UnetrtError
 from .model import Model
 from .normalize import Affine, Statistics, prepare_frame, sample_statistics
 
@@ -126,9 +126,18 @@ class VideoStream:
         self.name = name
         self.stats = stats
         self.frames_seen = 0
+        self._lock = threading.Lock()
         self.state: dict[str, np.ndarray] = {}
         self._describe = describe_frame
         self._sizes: dict[tuple[TilePolicy, bool, int, int], PlannedSize] = {}
+
+    def next_frame(self) -> int:
+        """The index of the frame arriving now (thread-safe: frames of a live stream may
+        come from several threads)."""
+        with self._lock:
+            index = self.frames_seen
+            self.frames_seen += 1
+            return index
 
     def describe_frame(self, index: int) -> str:
         """How messages name frame ``index`` of this video."""
@@ -235,10 +244,9 @@ def check_frame(frame: np.ndarray, checks: FrameChecks, label: str) -> np.ndarra
 
 
 def prepare(
-    raw: np.ndarray, stream: VideoStream, contract: ModelContract, checks: FrameChecks
+    raw: np.ndarray, stream: VideoStream, contract: ModelContract, checks: FrameChecks, label: str
 ) -> tuple[np.ndarray, Affine]:
     """Stage 1: the checked frame the kernel reads and its normalization map."""
-    label = stream.describe_frame(stream.frames_seen)
     frame = check_frame(raw, checks, label)
     if contract.normalization.needs_stack_statistics and stream.stats is None:
         raise ConfigError(
@@ -324,8 +332,15 @@ class Executor(Protocol):
     order; they own their batch buffers and reuse them across calls.
     """
 
-    def run(self, stream: VideoStream, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Probabilities of each frame, in order (see `finish`)."""
+    def run(
+        self, stream: VideoStream, frames: Iterable[np.ndarray], *, isolate: bool = False
+    ) -> Iterator[np.ndarray | Exception]:
+        """Probabilities of each frame, in order (see `finish`).
+
+        With ``isolate``, a frame refused by `prepare` (NaN, a wrong shape) yields its
+        exception in its place and the others go on (the live queue wants that); else
+        the exception ends the run.
+        """
         ...
 
 
@@ -391,24 +406,43 @@ class CpuExecutor:
         self._free: list[_BatchBuffers] = []
         self._lock = threading.Lock()
 
-    def run(self, stream: VideoStream, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    def run(
+        self, stream: VideoStream, frames: Iterable[np.ndarray], *, isolate: bool = False
+    ) -> Iterator[np.ndarray | Exception]:
         """Probabilities of each frame, in order; see `Executor.run`."""
         with self._lock:
             buffers = self._free.pop() if self._free else _BatchBuffers()
         try:
-            yield from self._run(stream, frames, buffers)
+            yield from self._run(stream, frames, buffers, isolate)
         finally:
             with self._lock:
                 self._free.append(buffers)
 
     def _run(
-        self, stream: VideoStream, frames: Iterable[np.ndarray], buffers: _BatchBuffers
-    ) -> Iterator[np.ndarray]:
+        self,
+        stream: VideoStream,
+        frames: Iterable[np.ndarray],
+        buffers: _BatchBuffers,
+        isolate: bool,
+    ) -> Iterator[np.ndarray | Exception]:
         threads = self.config.threads
-        pending: deque[FrameJob] = deque()
+        pending: deque[FrameJob | Exception] = deque()
         slots: list[tuple[FrameJob, int]] = []
+
+        def done() -> Iterator[np.ndarray | Exception]:
+            while pending and (isinstance(pending[0], Exception) or pending[0].remaining == 0):
+                head = pending.popleft()
+                yield head if isinstance(head, Exception) else finish(head, threads)
+
         for raw in frames:
-            job = self._new_job(stream, raw)
+            try:
+                job = self._new_job(stream, raw)
+            except UnetrtError as exc:
+                if not isolate:
+                    raise
+                pending.append(exc)  # in its place: results stay in order
+                yield from done()
+                continue
             pending.append(job)
             shape = self._tile_shape(job.plan)
             if buffers.inputs is None or buffers.inputs.shape[1:] != shape:
@@ -436,22 +470,21 @@ class CpuExecutor:
                     self._run_batch(buffers, slots)
                     slots.clear()
             del raw, frame  # only the job's tiles and results are kept from here on
-            while pending and pending[0].remaining == 0:
-                yield finish(pending.popleft(), threads)
+            yield from done()
         if slots:
             self._run_batch(buffers, slots)
-        while pending:
-            yield finish(pending.popleft(), threads)
+        yield from done()
 
     def _new_job(self, stream: VideoStream, raw: np.ndarray) -> FrameJob:
         config = self.config
-        label = stream.describe_frame(stream.frames_seen)
-        frame, affine = prepare(raw, stream, config.contract, config.checks)
+        index = stream.next_frame()  # counted even if the frame is refused below
+        label = stream.describe_frame(index)
+        frame, affine = prepare(raw, stream, config.contract, config.checks, label)
         blend = config.stitch == "blend"
         planned = stream.planned(config.tiles, frame.shape[0], frame.shape[1], blend)
         shape = (frame.shape[0], frame.shape[1], self.classes)
-        job = FrameJob(
-            index=stream.frames_seen,
+        return FrameJob(
+            index=index,
             label=label,
             frame=frame,
             affine=affine,
@@ -459,8 +492,6 @@ class CpuExecutor:
             probabilities=np.zeros(shape, np.float32) if blend else np.empty(shape, np.float32),
             weight_sum=np.zeros(shape[:2], np.float32) if blend else None,
         )
-        stream.frames_seen += 1
-        return job
 
     def _tile_shape(self, plan: tiling.TilePlan) -> tuple[int, int, int]:
         c = self.config.contract.channels

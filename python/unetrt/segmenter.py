@@ -290,7 +290,7 @@ class Segmenter:
         )
         self._live = VideoStream("frames")
         self._queue = LiveQueue(
-            lambda frames: self.predict_frames(frames, self._live),
+            lambda frames: self._executor.run(self._live, frames, isolate=True),
             self.to_mask,
             batch=self.batch,
             queue_size=queue_size,
@@ -380,7 +380,9 @@ class Segmenter:
         Yields:
             float32 arrays (H, W) for one-channel models, (H, W, K) for K classes.
         """
-        return self._executor.run(stream or self._live, frames)
+        for result in self._executor.run(stream or self._live, frames):
+            assert not isinstance(result, Exception)  # not isolating: errors raise
+            yield result
 
     def predict_frame(self, frame: np.ndarray, stream: VideoStream | None = None) -> np.ndarray:
         """Probabilities for one frame: float32 (H, W), or (H, W, K) for K classes."""
