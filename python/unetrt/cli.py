@@ -114,6 +114,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             probabilities=args.probabilities,
             frames=parse_frames(args.frames) if args.frames else None,
             progress=not args.quiet,
+            follow=args.follow,
+            idle_timeout=args.idle_timeout,
         )
     if not args.quiet:
         print(summary)
@@ -249,6 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument(
         "--label", action="store_true", help="write uint16 instance labels instead of a binary mask"
+    )
+    seg.add_argument(
+        "--follow",
+        action="store_true",
+        help="INPUT is still being written (a TIFF getting pages, a folder getting files): "
+        "segment frames as they arrive; ends after --idle-timeout or on Ctrl-C, keeping "
+        "the masks",
+    )
+    seg.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --follow: stop after this long without a new frame (default 10)",
     )
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 

@@ -9,8 +9,11 @@ and whole-stack runs with their outputs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -23,8 +26,8 @@ import numpy as np
 
 from . import masks, tiling
 from .contract import ModelContract
-from .errors import ConfigError, OutputError
-from .io import FrameSource, StackWriter, open_frames, prefetch
+from .errors import ConfigError, InputError, OutputError
+from .io import FollowedFrames, FrameSource, StackWriter, follow_frames, open_frames, prefetch
 from .live import LiveQueue, LiveStats, check_queue
 from .model import Model, open_model
 from .models import BUILTIN_MODELS, DEFAULT_MODEL
@@ -45,6 +48,8 @@ from .postprocess import PostProcess
 #: Largest tile (in pixels) that ``tile="auto"`` sends to the engine in one piece.
 #: 2048 x 2048 keeps a 32-filter U-Net's activations within a few GiB of memory.
 DEFAULT_MAX_TILE_PIXELS = 2048 * 2048
+#: Seconds without a new frame that end following a growing input (by default).
+DEFAULT_IDLE_TIMEOUT = 10.0
 #: Frames that may wait in the live queue of `Segmenter.submit` (by default).
 DEFAULT_QUEUE_SIZE = 8
 
@@ -443,6 +448,8 @@ class Segmenter:
         probabilities: str | os.PathLike[str] | None = None,
         frames: slice | None = None,
         progress: bool = True,
+        follow: bool = False,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> SegmentSummary:
         """Segment a stack (multi-page TIFF, folder or glob of frames) into a mask stack.
 
@@ -450,53 +457,112 @@ class Segmenter:
         frame by frame to a temporary file renamed on success, and memory use does not
         grow with the number of frames.
 
+        With ``follow``, the input is still being written (a TIFF acquisition software
+        appends pages to, or a folder receiving one file per frame): frames are
+        segmented as they become complete, and the run ends after ``idle_timeout``
+        seconds without a new frame, or on Ctrl-C (a second Ctrl-C interrupts at once);
+        both are the normal end, and the masks of every frame so far are kept. A writer
+        that truncates or corrupts the input ends the run with an `InputError`, the
+        masks written before it kept.
+
         Args:
             source: Input stack, folder or glob.
             output: Mask stack to write; default ``<input stem>_mask.tif`` beside the input.
             probabilities: Optional float32 probability stack to write as well.
-            frames: Optional slice of frames to process.
+            frames: Optional slice of frames to process (not with ``follow``).
             progress: Show a progress bar on stderr.
+            follow: Follow an input that is still being written.
+            idle_timeout: With ``follow``: seconds without a new frame that end the run.
 
         Returns:
             A `SegmentSummary`.
         """
         started = time.perf_counter()
-        with open_frames(source, frames) as stack:
-            out_path = Path(output) if output is not None else default_output(stack.path)
+        if follow:
+            if frames is not None:
+                raise ConfigError("a frame selection cannot be combined with following")
+            if self.contract.normalization.needs_stack_statistics:
+                raise ConfigError(
+                    "this model normalizes per stack, which needs the whole stack; "
+                    "following a growing input needs per-frame normalization "
+                    "(--normalize-scope frame)"
+                )
+            opened: FrameSource | FollowedFrames = follow_frames(source, idle_timeout=idle_timeout)
+        else:
+            opened = open_frames(source, frames)
+        with opened as src:
+            out_path = Path(output) if output is not None else default_output(src.path)
             prob_path = Path(probabilities) if probabilities is not None else None
-            _check_outputs(stack.path, out_path, prob_path)
-            check_shape(stack.frame_shape, self.contract.channels)
-            stream = self.stream(source=stack)
-            height, width = stack.frame_shape[:2]
-            mask_dtype = np.uint16 if self.postprocess.label else np.uint8
-            with ExitStack() as outputs:
-                # Outputs open before the progress bar, so that a bad path fails cleanly;
-                # each is renamed into place only if the whole run succeeds.
-                mask_writer = outputs.enter_context(
+            _check_outputs(src.path, out_path, prob_path)
+            if isinstance(src, FollowedFrames):
+                src.wait_first()  # the frame shape the writers need
+                total = None
+                stream = VideoStream(src.name, None, src.describe_frame)
+            else:
+                total = len(src)
+                stream = None
+            assert src.frame_shape is not None
+            check_shape(src.frame_shape, self.contract.channels)
+            if stream is None:
+                assert isinstance(src, FrameSource)
+                stream = self.stream(source=src)
+            count, failure = self._write_masks(
+                src, stream, out_path, prob_path, total, progress, follow=follow
+            )
+        if failure is not None:  # the input broke while being followed
+            raise InputError(
+                f"{failure}; the masks of the {count} frames before were kept in {out_path}"
+            ) from failure
+        return SegmentSummary(count, time.perf_counter() - started, out_path, prob_path)
+
+    def _write_masks(
+        self,
+        src: FrameSource | FollowedFrames,
+        stream: VideoStream,
+        out_path: Path,
+        prob_path: Path | None,
+        total: int | None,
+        progress: bool,
+        *,
+        follow: bool,
+    ) -> tuple[int, InputError | None]:
+        """The frame loop of `segment`: returns the frames written and, when following,
+        the error that ended the input (the masks before it are kept)."""
+        assert src.frame_shape is not None
+        height, width = src.frame_shape[:2]
+        mask_dtype = np.uint16 if self.postprocess.label else np.uint8
+        failure: list[InputError] = []
+        frames: Iterator[np.ndarray] = iter(src)
+        if follow:
+            frames = _until_broken(frames, failure)
+        with ExitStack() as outputs:
+            # Outputs open before the progress bar, so that a bad path fails cleanly;
+            # each is renamed into place only if the whole run succeeds.
+            mask_writer = outputs.enter_context(
+                StackWriter(out_path, frame_shape=(height, width), dtype=mask_dtype, n_frames=total)
+            )
+            probs_out = None
+            if prob_path is not None:
+                k = self.classes
+                probs_out = outputs.enter_context(
                     StackWriter(
-                        out_path, frame_shape=(height, width), dtype=mask_dtype, n_frames=len(stack)
+                        prob_path,
+                        frame_shape=(height, width) if k == 1 else (height, width, k),
+                        dtype=np.float32,
+                        n_frames=total,
                     )
                 )
-                probs_out = None
-                if prob_path is not None:
-                    k = self.classes
-                    probs_out = outputs.enter_context(
-                        StackWriter(
-                            prob_path,
-                            frame_shape=(height, width) if k == 1 else (height, width, k),
-                            dtype=np.float32,
-                            n_frames=len(stack),
-                        )
-                    )
-                bar = outputs.enter_context(_progress(len(stack), progress, stack.name))
-                count = 0
-                for probs in self.predict_frames(prefetch(iter(stack)), stream):
-                    if probs_out is not None:
-                        probs_out.write(probs)
-                    mask_writer.write(self.to_mask(probs))
-                    count += 1
-                    bar.update(1)
-        return SegmentSummary(count, time.perf_counter() - started, out_path, prob_path)
+            if isinstance(src, FollowedFrames):
+                outputs.enter_context(_ctrl_c_stops(src))
+            bar = outputs.enter_context(_progress(total, progress, src.name))
+            count = 0
+            for probs in self.predict_frames(prefetch(frames), stream):
+                if probs_out is not None:
+                    probs_out.write(probs)
+                mask_writer.write(self.to_mask(probs))
+                count += 1
+                bar.update(1)
+        return count, (failure[0] if failure else None)
 
     def close(self) -> None:
         """Finish the frames waiting in the live queue, then release the engine."""
@@ -529,7 +595,36 @@ def _check_outputs(source: Path, output: Path, probabilities: Path | None) -> No
         raise OutputError(f"--probabilities and the mask output are the same file: {output}")
 
 
-def _progress(total: int, enabled: bool, name: str) -> Any:
+def _until_broken(frames: Iterator[np.ndarray], failure: list[InputError]) -> Iterator[np.ndarray]:
+    """The frames of a followed input until it ends or breaks; a break is kept in
+    ``failure`` instead of raised, so that the masks written so far are kept."""
+    try:
+        yield from frames
+    except InputError as exc:
+        failure.append(exc)
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(followed: FollowedFrames) -> Iterator[None]:
+    """While following in the main thread, Ctrl-C ends the input (the normal end: the
+    frames in flight are finished and the masks kept); a second one interrupts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def stop(signum: int, frame: Any) -> None:
+        followed.stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _progress(total: int | None, enabled: bool, name: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(

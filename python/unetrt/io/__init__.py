@@ -5,6 +5,9 @@ One module per job:
 - `readers`: `open_frames` and the `FrameSource` it returns (multi-page TIFF, single
   images, folders and glob patterns, read one frame at a time), plus the file-name
   rules shared with training and evaluation (`IMAGE_SUFFIXES`, `frame_number`).
+- `follow`: `follow_frames` and the `FollowedFrames` it returns, which read a TIFF or
+  a folder while acquisition software is still writing it, frame by frame as each one
+  is complete.
 - `prefetching`: `prefetch`, which reads the next frames in a background thread (the
   module is not called ``prefetch`` so that the function does not hide it).
 - `writer`: `StackWriter`, which streams masks into a multi-page TIFF.
@@ -18,6 +21,7 @@ that patches it.
 from __future__ import annotations
 
 from .atomic import atomic_output, output_error, partial_path
+from .follow import FollowedFrames, follow_frames
 from .prefetching import prefetch
 from .readers import (
     IMAGE_SUFFIXES,
@@ -31,12 +35,14 @@ from .writer import COMPRESSIONS, StackWriter
 
 __all__ = [
     "COMPRESSIONS",
+    "FollowedFrames",
     "IMAGE_SUFFIXES",
     "MAX_CHANNELS",
     "READABLE_DTYPES",
     "FrameSource",
     "StackWriter",
     "atomic_output",
+    "follow_frames",
     "frame_number",
     "open_frames",
     "output_error",
