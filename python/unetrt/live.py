@@ -37,22 +37,27 @@ class LiveStats:
     """What the live queue did so far.
 
     Attributes:
-        submitted: Frames handed to `submit`.
+        submitted: Frames `submit` accepted.
         completed: Frames whose future got a result.
         dropped: Frames dropped unsegmented (``when_full="drop_oldest"``).
         failed: Frames whose future got an exception.
+        cancelled: Frames whose future the caller cancelled before they were taken.
+
+    Once the queue is closed, ``completed + dropped + failed + cancelled == submitted``.
     """
 
     submitted: int = 0
     completed: int = 0
     dropped: int = 0
     failed: int = 0
+    cancelled: int = 0
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"live: {self.submitted} frames submitted, {self.completed} segmented, "
             f"{self.dropped} dropped, {self.failed} failed"
         )
+        return f"{text}, {self.cancelled} cancelled" if self.cancelled else text
 
 
 @dataclass(eq=False)
@@ -108,20 +113,27 @@ class LiveQueue:
         frame = np.asarray(frame)
         future: Future[np.ndarray] = Future()
         with self._cond:
-            if self._closing:
-                raise ConfigError("this Segmenter is closed; submit frames to an open one")
+            self._check_open()
             slot = self._slot(frame)
-            np.copyto(slot, frame)
-            self._count(submitted=1)
+        np.copyto(slot, frame)  # outside the lock: the worker keeps going meanwhile
+        with self._cond:
             if len(self._waiting) >= self._size:
                 if self._when_full == "drop_oldest":
-                    oldest = self._waiting.popleft()
-                    oldest.future.cancel()
-                    self._free(oldest.frame)
-                    self._count(dropped=1)
+                    self._drop_oldest()
+                elif threading.current_thread() is self._thread:
+                    self._free(slot)
+                    raise ConfigError(
+                        "submit() from a result callback would wait for itself: the queue is "
+                        "full and only this thread empties it (use when_full='drop_oldest', "
+                        "or submit from another thread)"
+                    )
                 else:
                     while len(self._waiting) >= self._size and not self._closing:
                         self._cond.wait()
+            if self._closing:  # closed while this call waited for room
+                self._free(slot)
+                self._check_open()
+            self._count(submitted=1)
             self._waiting.append(_Item(slot, future, probabilities))
             self._cond.notify_all()
             if self._thread is None:
@@ -130,13 +142,31 @@ class LiveQueue:
         return future
 
     def close(self) -> None:
-        """Segment what is waiting, then stop the worker."""
+        """Segment what is waiting, then stop the worker (from a result callback: stop
+        taking new frames; the worker ends once the queue is empty)."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
             thread = self._thread
-        if thread is not None:
+        if thread is not None and thread is not threading.current_thread():
             thread.join()
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise ConfigError("this Segmenter is closed; submit frames to an open one")
+
+    def _drop_oldest(self) -> None:
+        """Make room: the oldest waiting frame goes (ones the user cancelled go first,
+        counted as cancelled, not dropped)."""
+        while len(self._waiting) >= self._size:
+            oldest = self._waiting.popleft()
+            self._free(oldest.frame)
+            if oldest.future.cancelled():  # the user had cancelled it already
+                self._count(cancelled=1)
+                continue
+            oldest.future.cancel()
+            self._count(dropped=1)
+            return
 
     # ------------------------------------------------------------------ worker side
     def _work(self) -> None:
@@ -149,11 +179,33 @@ class LiveQueue:
                 take = min(len(self._waiting), self._batch)
                 items = [self._waiting.popleft() for _ in range(take)]
                 self._cond.notify_all()  # room for a blocked producer
-            running = [item for item in items if item.future.set_running_or_notify_cancel()]
-            self._run(running)
-            with self._cond:
-                for item in items:
-                    self._free(item.frame)
+            running = []
+            for item in items:
+                if item.future.set_running_or_notify_cancel():
+                    running.append(item)
+                else:
+                    with self._cond:
+                        self._count(cancelled=1)  # cancelled by the user while waiting
+            try:
+                self._run(running)
+            except BaseException as exc:  # not an engine error: nothing can go on
+                self._abandon(exc)
+                raise
+            finally:
+                with self._cond:
+                    for item in items:
+                        self._free(item.frame)
+
+    def _abandon(self, exc: BaseException) -> None:
+        """The worker is dying: fail every frame still waiting, refuse new ones."""
+        with self._cond:
+            self._closing = True
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            self._cond.notify_all()
+        for item in waiting:
+            if item.future.set_running_or_notify_cancel():
+                self._fail(item, RuntimeError(f"the live worker stopped: {exc!r}"))
 
     def _run(self, items: list[_Item]) -> None:
         done = 0
@@ -166,9 +218,11 @@ class LiveQueue:
                     self._fail(item, result)
                 else:
                     self._resolve(item, result)
-        except Exception as exc:  # the engine failed: the frames of this run with it
+        except BaseException as exc:  # the engine failed: the frames of this run with it
             for item in items[done:]:
-                self._fail(item, exc)
+                self._fail(item, exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+            if not isinstance(exc, Exception):
+                raise
 
     def _resolve(self, item: _Item, probabilities: np.ndarray) -> None:
         try:

@@ -460,8 +460,10 @@ class Segmenter:
         With ``follow``, the input is still being written (a TIFF acquisition software
         appends pages to, or a folder receiving one file per frame): frames are
         segmented as they become complete, and the run ends after ``idle_timeout``
-        seconds without a new frame, or on Ctrl-C (a second Ctrl-C interrupts at once);
-        both are the normal end, and the masks of every frame so far are kept. A writer
+        seconds without a new frame, or on Ctrl-C (pressed once or twice; a third press
+        interrupts at once and discards the output); both are the normal end, and the
+        masks of every frame so far are kept. Ctrl-C before the first frame arrived
+        interrupts (there is nothing to keep). A writer
         that truncates or corrupts the input ends the run with an `InputError`, the
         masks written before it kept.
 
@@ -604,24 +606,34 @@ def _until_broken(frames: Iterator[np.ndarray], failure: list[InputError]) -> It
         failure.append(exc)
 
 
+#: Ctrl-C presses that end following normally; the next one interrupts (masks discarded).
+_GENTLE_STOPS = 2
+
+
 @contextlib.contextmanager
 def _ctrl_c_stops(followed: FollowedFrames) -> Iterator[None]:
-    """While following in the main thread, Ctrl-C ends the input (the normal end: the
-    frames in flight are finished and the masks kept); a second one interrupts."""
+    """While following in the main thread, Ctrl-C ends the input: the normal end, the
+    frames in flight are finished and the masks kept. Users often press it twice, so
+    the second press does the same; a third interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGINT)
+    presses = 0
 
     def stop(signum: int, frame: Any) -> None:
+        nonlocal presses
+        presses += 1
         followed.stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if presses >= _GENTLE_STOPS:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     signal.signal(signal.SIGINT, stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        # None: a handler installed from C, which Python cannot put back; use the default.
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 def _progress(total: int | None, enabled: bool, name: str) -> Any:
