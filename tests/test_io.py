@@ -580,3 +580,25 @@ def test_memory_does_not_grow_with_frame_count(tmp_path: Path) -> None:
     slack = 1 << 20
     assert large[0] < small[0] + slack, (small, large)
     assert large[1] < small[1] + slack, (small, large)
+
+
+def test_frames_written_one_call_each_are_one_stack(tmp_path: Path) -> None:
+    # tifffile's writer with its default metadata stores every write() as its own series;
+    # a stack written frame by frame that way must not read as its first frame alone.
+    path = tmp_path / "loop.tif"
+    frames = [np.full((6, 7), i, np.uint16) for i in range(5)]
+    with tifffile.TiffWriter(path) as tw:
+        for frame in frames:
+            tw.write(frame)
+    assert len(tifffile.TiffFile(path).series) == 5  # what tifffile sees
+    with open_frames(path) as stack:
+        assert (len(stack), stack.frame_shape) == (5, (6, 7))
+        for got, want in zip(stack, frames, strict=True):
+            np.testing.assert_array_equal(got, want)
+    # Series of different shapes are something else: the first series, as before.
+    mixed = tmp_path / "mixed.tif"
+    with tifffile.TiffWriter(mixed) as tw:
+        tw.write(np.zeros((6, 7), np.uint16))
+        tw.write(np.zeros((4, 4), np.uint16))
+    with open_frames(mixed) as stack:
+        assert (len(stack), stack.frame_shape) == (1, (6, 7))

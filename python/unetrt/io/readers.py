@@ -216,6 +216,15 @@ class _TiffStack(FrameSource):
         _raise_if_corrupt(path, problems)
         if not series_list or not series_list[0].shape:
             raise InputError(f"{path} contains no images; it may be truncated or corrupt")
+        if _one_page_series(series_list):
+            # tifffile's writer, called once per frame with its default metadata, stores
+            # each frame as a series of its own: read the pages as one time series
+            # instead of the first frame alone.
+            tif.close()
+            self._tif = tif = _open_tiff(path, is_shaped=False)
+            with _tifffile_errors() as problems:
+                series_list = tif.series
+            _raise_if_corrupt(path, problems)
         series = series_list[0]
         self.axes = series.axes
         dtype = np.dtype(series.dtype)
@@ -397,10 +406,21 @@ def _read_image_file(path: Path) -> np.ndarray:
     return np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
 
 
-def _open_tiff(path: Path) -> tifffile.TiffFile:
+def _one_page_series(series_list: list[Any]) -> bool:
+    """True for several series of one page each, all of one shape and dtype."""
+    if len(series_list) < 2:
+        return False
+    first = series_list[0]
+    return all(
+        len(s.pages) == 1 and s.shape == first.shape and s.dtype == first.dtype
+        for s in series_list
+    )
+
+
+def _open_tiff(path: Path, **options: Any) -> tifffile.TiffFile:
     try:
         with _tifffile_errors() as problems:
-            tif = tifffile.TiffFile(path)
+            tif = tifffile.TiffFile(path, **options)
     except tifffile.TiffFileError as exc:
         raise InputError(f"{path} is not a TIFF or PNG image ({exc})") from exc
     except OSError as exc:
