@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__, build_info
@@ -96,6 +97,15 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     if args.idle_timeout is not None and not args.follow:
         raise ConfigError("--idle-timeout goes with --follow")
+    several = len(args.input) > 1
+    if several:
+        for flag, given in (
+            ("--follow", args.follow),
+            ("--probabilities", args.probabilities),
+            ("--frames", args.frames),
+        ):
+            if given:
+                raise ConfigError(f"{flag} takes one input; got {len(args.input)} inputs")
     postprocess = PostProcess(
         min_size=args.min_size,
         fill_holes=args.fill_holes,
@@ -110,8 +120,24 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         normalization=_normalization_changes(args),
         postprocess=postprocess,
     ) as segmenter:
+        if several:
+            run = segmenter.segment_many(args.input, args.output, progress=not args.quiet)
+            if not args.quiet:
+                for video in run.videos:
+                    print(video)
+            for source, message in run.failed:  # one line each, naming the input
+                named = message if Path(source).name in message else f"{source}: {message}"
+                print(f"unetrt: error: {named}", file=sys.stderr)
+            if run.failed:
+                print(
+                    f"unetrt: {len(run.failed)} of {len(args.input)} videos failed; the "
+                    f"others were segmented",
+                    file=sys.stderr,
+                )
+                return EXIT_ERROR
+            return 0
         summary = segmenter.segment(
-            args.input,
+            args.input[0],
             args.output,
             probabilities=args.probabilities,
             frames=parse_frames(args.frames) if args.frames else None,
@@ -221,8 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     seg = _command(sub, "segment", _cmd_segment)
-    seg.add_argument("input", help="multi-page TIFF, single frame, folder, or glob of frames")
-    seg.add_argument("-o", "--output", help="mask stack to write (default: <input>_mask.tif)")
+    seg.add_argument(
+        "input",
+        nargs="+",
+        help="multi-page TIFF, single frame, folder, or glob of frames; several inputs "
+        "are segmented one after the other",
+    )
+    seg.add_argument(
+        "-o",
+        "--output",
+        help="mask stack to write (default: <input>_mask.tif); with several inputs, a "
+        "folder (created if missing) receiving <stem>_mask.tif for each",
+    )
     _add_engine_options(seg)
     _add_run_options(seg)
     seg.add_argument("--halo", default="auto", help="'auto' (from the model) or PIXELS")

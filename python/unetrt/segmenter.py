@@ -26,7 +26,7 @@ import numpy as np
 
 from . import masks, tiling
 from .contract import ModelContract
-from .errors import ConfigError, InputError, OutputError
+from .errors import ConfigError, InputError, OutputError, UnetrtError
 from .io import FollowedFrames, FrameSource, StackWriter, follow_frames, open_frames, prefetch
 from .live import LiveQueue, LiveStats, check_queue
 from .model import Model, open_model
@@ -53,7 +53,14 @@ DEFAULT_IDLE_TIMEOUT = 10.0
 #: Frames that may wait in the live queue of `Segmenter.submit` (by default).
 DEFAULT_QUEUE_SIZE = 8
 
-__all__ = ["STITCH_MODES", "SegmentSummary", "Segmenter", "SegmenterSpec", "VideoStream"]
+__all__ = [
+    "STITCH_MODES",
+    "RunSummary",
+    "SegmentSummary",
+    "Segmenter",
+    "SegmenterSpec",
+    "VideoStream",
+]
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,29 @@ class SegmentSummary:
             f"segmented {self.frames} frames in {self.seconds:.1f} s "
             f"({self.frames_per_second:.2f} frames/s) -> {self.output}"
         )
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a `Segmenter.segment_many` run did.
+
+    Attributes:
+        videos: One summary per video segmented.
+        failed: ``(input, error message)`` for each video that failed.
+    """
+
+    videos: tuple[SegmentSummary, ...]
+    failed: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        lines = [str(v) for v in self.videos]
+        lines += [f"FAILED {source}: {message}" for source, message in self.failed]
+        frames = sum(v.frames for v in self.videos)
+        lines.append(
+            f"{len(self.videos)} of {len(self.videos) + len(self.failed)} videos segmented "
+            f"({frames} frames)" + (f"; {len(self.failed)} failed" if self.failed else "")
+        )
+        return "\n".join(lines)
 
 
 def parse_tile(tile: str | int | tuple[int, int]) -> tuple[int, int] | None:
@@ -450,6 +480,7 @@ class Segmenter:
         progress: bool = True,
         follow: bool = False,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        _bar: Any = None,
     ) -> SegmentSummary:
         """Segment a stack (multi-page TIFF, folder or glob of frames) into a mask stack.
 
@@ -475,6 +506,8 @@ class Segmenter:
             progress: Show a progress bar on stderr.
             follow: Follow an input that is still being written.
             idle_timeout: With ``follow``: seconds without a new frame that end the run.
+            _bar: A progress bar shared with other videos (`segment_many`), instead of
+                one of this run's own.
 
         Returns:
             A `SegmentSummary`.
@@ -509,13 +542,69 @@ class Segmenter:
                 assert isinstance(src, FrameSource)
                 stream = self.stream(source=src)
             count, failure = self._write_masks(
-                src, stream, out_path, prob_path, total, progress, follow=follow
+                src, stream, out_path, prob_path, total, progress, follow=follow, bar=_bar
             )
         if failure is not None:  # the input broke while being followed
             raise InputError(
                 f"{failure}; the masks of the {count} frames before were kept in {out_path}"
             ) from failure
         return SegmentSummary(count, time.perf_counter() - started, out_path, prob_path)
+
+    def segment_many(
+        self,
+        sources: Sequence[str | os.PathLike[str]],
+        output_dir: str | os.PathLike[str] | None = None,
+        *,
+        progress: bool = True,
+    ) -> RunSummary:
+        """Segment several stacks, one after the other, with one progress bar.
+
+        Each input gets ``<stem>_mask.tif`` in ``output_dir`` (created if missing), or
+        beside itself without one (see `default_output`). A video that fails (a missing
+        or corrupt file, a frame with NaN) is reported and the others go on; its output
+        is not written.
+
+        Args:
+            sources: Input stacks, folders or globs.
+            output_dir: Folder for the masks; None: beside each input.
+            progress: Show one progress bar over all frames of all videos.
+
+        Returns:
+            A `RunSummary`: one `SegmentSummary` per video done, and the videos that
+            failed with their error.
+        """
+        folder = Path(output_dir) if output_dir is not None else None
+        if folder is not None:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"cannot create the output folder {folder}: {exc}") from exc
+        outputs = [
+            default_output(Path(s)) if folder is None else folder / default_output(Path(s)).name
+            for s in sources
+        ]
+        if len(set(outputs)) < len(outputs):
+            raise OutputError(
+                "two inputs would write the same mask file (same name); give them "
+                "different names or segment them one at a time with -o"
+            )
+        done: list[SegmentSummary] = []
+        failed: list[tuple[str, str]] = []
+        total = 0
+        for source in sources:  # frames in all videos, for the one bar (opening is lazy)
+            try:
+                with open_frames(source) as stack:
+                    total += len(stack)
+            except UnetrtError:
+                pass  # reported when its turn comes
+        with _progress(total, progress, "videos") as bar:
+            for i, (source, output) in enumerate(zip(sources, outputs, strict=True)):
+                bar.set_postfix_str(f"video {i + 1}/{len(sources)}")
+                try:
+                    done.append(self.segment(source, output, progress=progress, _bar=bar))
+                except UnetrtError as exc:
+                    failed.append((os.fspath(source), str(exc)))
+        return RunSummary(tuple(done), tuple(failed))
 
     def _write_masks(
         self,
@@ -527,6 +616,7 @@ class Segmenter:
         progress: bool,
         *,
         follow: bool,
+        bar: Any,
     ) -> tuple[int, InputError | None]:
         """The frame loop of `segment`: returns the frames written and, when following,
         the error that ended the input (the masks before it are kept)."""
@@ -556,7 +646,10 @@ class Segmenter:
                 )
             if isinstance(src, FollowedFrames):
                 outputs.enter_context(_ctrl_c_stops(src))
-            bar = outputs.enter_context(_progress(total, progress, src.name))
+            if bar is None:
+                bar = outputs.enter_context(_progress(total, progress, src.name))
+            else:
+                bar.set_description_str(src.name)
             count = 0
             for probs in self.predict_frames(prefetch(frames), stream):
                 if probs_out is not None:

@@ -412,8 +412,7 @@ def _one_page_series(series_list: list[Any]) -> bool:
         return False
     first = series_list[0]
     return all(
-        len(s.pages) == 1 and s.shape == first.shape and s.dtype == first.dtype
-        for s in series_list
+        len(s.pages) == 1 and s.shape == first.shape and s.dtype == first.dtype for s in series_list
     )
 
 
