@@ -24,8 +24,6 @@ pytest.importorskip(
 import useq  # noqa: E402  (installed with pymmcore-plus)
 
 from unetrt import Segmenter  # noqa: E402
-from unetrt.contract import ModelContract  # noqa: E402
-from unetrt.testing import save, unet_model, unet_receptive_radius  # noqa: E402
 
 POOLS = 2
 FPS = 50.0
@@ -43,14 +41,6 @@ def _load_example():
 
 
 example = _load_example()
-
-
-@pytest.fixture(scope="module")
-def unet_path(tmp_path_factory) -> Path:
-    contract = ModelContract(alignment=2**POOLS, halo=unet_receptive_radius(pools=POOLS))
-    path = tmp_path_factory.mktemp("models") / "unet.onnx"
-    save(unet_model(filters=4, pools=POOLS, contract=contract), path)
-    return path
 
 
 @pytest.fixture

@@ -15,17 +15,8 @@ from unetrt import Segmenter
 from unetrt.contract import ModelContract
 from unetrt.errors import ConfigError, InputError
 from unetrt.normalize import Normalization
-from unetrt.testing import save, unet_model, unet_receptive_radius
 
 POOLS = 2
-
-
-@pytest.fixture(scope="module")
-def unet_path(tmp_path_factory) -> Path:
-    contract = ModelContract(alignment=2**POOLS, halo=unet_receptive_radius(pools=POOLS))
-    path = tmp_path_factory.mktemp("models") / "unet.onnx"
-    save(unet_model(filters=4, pools=POOLS, contract=contract), path)
-    return path
 
 
 def _frames(n: int, shape=(48, 64), seed: int = 0) -> list[np.ndarray]:

@@ -39,6 +39,12 @@ def _videos(folder: Path) -> list[tuple[Path, np.ndarray]]:
     return videos
 
 
+def _segment(*args: object) -> subprocess.CompletedProcess[str]:
+    """``unetrt segment ARGS`` in a subprocess, as a user runs it."""
+    command = [sys.executable, "-m", "unetrt", "segment", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
 def _masks(model: Path, frames: np.ndarray) -> np.ndarray:
     with Segmenter(model) as seg:
         return np.stack([seg.segment_frame(f) for f in frames])
@@ -47,21 +53,7 @@ def _masks(model: Path, frames: np.ndarray) -> np.ndarray:
 def test_several_inputs_into_a_folder(model: Path, tmp_path: Path) -> None:
     videos = _videos(tmp_path)
     out = tmp_path / "masks"  # created by the run
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "unetrt",
-            "segment",
-            *[str(p) for p, _ in videos],
-            "--model",
-            str(model),
-            "-o",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = _segment(*[p for p, _ in videos], "--model", model, "-o", out)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a_mask.tif", "b_mask.tif", "c_mask.tif"]
     for path, frames in videos:
@@ -77,22 +69,7 @@ def test_a_corrupt_video_among_three(model: Path, tmp_path: Path) -> None:
     broken = tmp_path / "b.tif"
     broken.write_bytes(broken.read_bytes()[:300])  # truncated
     out = tmp_path / "masks"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "unetrt",
-            "segment",
-            *[str(p) for p, _ in videos],
-            "--model",
-            str(model),
-            "-o",
-            str(out),
-            "-q",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = _segment(*[p for p, _ in videos], "--model", model, "-o", out, "-q")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("unetrt: error:")]
@@ -120,19 +97,5 @@ def test_segment_many_api_and_name_clashes(model: Path, tmp_path: Path) -> None:
 def test_one_input_flags_refuse_several(model: Path, tmp_path: Path) -> None:
     videos = _videos(tmp_path)
     for flag in (["--frames", "0:1"], ["--probabilities", str(tmp_path / "p.tif")]):
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "unetrt",
-                "segment",
-                str(videos[0][0]),
-                str(videos[1][0]),
-                "--model",
-                str(model),
-                *flag,
-            ],
-            capture_output=True,
-            text=True,
-        )
+        result = _segment(videos[0][0], videos[1][0], "--model", model, *flag)
         assert result.returncode == 1 and "takes one input; got 2 inputs" in result.stderr

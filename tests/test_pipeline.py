@@ -17,17 +17,9 @@ from unetrt.errors import ConfigError, InputError, ModelError
 from unetrt.normalize import Normalization, Statistics
 from unetrt.pipeline import CpuExecutor
 from unetrt.postprocess import PostProcess
-from unetrt.testing import affine_model, save, unet_model, unet_receptive_radius
+from unetrt.testing import affine_model, save
 
 POOLS = 2
-
-
-@pytest.fixture(scope="module")
-def unet_path(tmp_path_factory) -> Path:
-    contract = ModelContract(alignment=2**POOLS, halo=unet_receptive_radius(pools=POOLS))
-    path = tmp_path_factory.mktemp("models") / "unet.onnx"
-    save(unet_model(filters=4, pools=POOLS, contract=contract), path)
-    return path
 
 
 @pytest.fixture(scope="module")
