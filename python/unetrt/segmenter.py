@@ -259,8 +259,6 @@ class Segmenter:
             raise ConfigError(f"max_tile_pixels must be positive, got {max_tile_pixels}")
         if nan is not None and not np.isfinite(nan):
             raise ConfigError(f"nan must be a finite number, got {nan!r}")
-        if isinstance(normalization, tuple):  # the form a SegmenterSpec stores
-            normalization = dict(normalization)
         self._spec = SegmenterSpec.of(model, **options, normalization=normalization)
         overrides: dict[str, object] = {}
         if halo != "auto":
