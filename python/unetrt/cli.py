@@ -15,6 +15,7 @@ from typing import Any
 
 from . import __version__, build_info
 from .errors import ConfigError, UnetrtError, require
+from .io.writer import FORMATS
 from .normalize import METHODS, SCOPES
 
 EXIT_ERROR = 1
@@ -98,14 +99,15 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.idle_timeout is not None and not args.follow:
         raise ConfigError("--idle-timeout goes with --follow")
     several = len(args.input) > 1
-    if several:
-        for flag, given in (
-            ("--follow", args.follow),
-            ("--probabilities", args.probabilities),
-            ("--frames", args.frames),
-        ):
-            if given:
-                raise ConfigError(f"{flag} takes one input; got {len(args.input)} inputs")
+    for flag, given in (
+        ("--follow", args.follow),
+        ("--probabilities", args.probabilities),
+        ("--frames", args.frames),
+    ):
+        if given and several:
+            raise ConfigError(f"{flag} takes one input; got {len(args.input)} inputs")
+        if given and args.scheduler:
+            raise ConfigError(f"{flag} cannot be combined with --scheduler")
     postprocess = PostProcess(
         min_size=args.min_size,
         fill_holes=args.fill_holes,
@@ -120,8 +122,18 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         normalization=_normalization_changes(args),
         postprocess=postprocess,
     ) as segmenter:
-        if several:
-            run = segmenter.segment_many(args.input, args.output, progress=not args.quiet)
+        if several or args.scheduler:
+            if several:
+                run = segmenter.segment_many(
+                    args.input,
+                    args.output,
+                    progress=not args.quiet,
+                    resume=args.resume,
+                    format=args.format,
+                    scheduler=args.scheduler,
+                )
+            else:
+                run = _one_on_cluster(segmenter, args)
             if not args.quiet:
                 for video in run.videos:
                     print(video)
@@ -144,10 +156,24 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             follow=args.follow,
             idle_timeout=DEFAULT_IDLE_TIMEOUT if args.idle_timeout is None else args.idle_timeout,
+            resume=args.resume,
+            format=args.format,
         )
     if not args.quiet:
         print(summary)
     return 0
+
+
+def _one_on_cluster(segmenter: Any, args: argparse.Namespace) -> Any:
+    """One input with --scheduler: its output named by -o, as without a cluster."""
+    from .cluster import segment_on_cluster
+    from .segmenter import check_format, default_output
+
+    output = Path(args.output) if args.output else default_output(Path(args.input[0]), args.format)
+    check_format(args.format, output)
+    return segment_on_cluster(
+        segmenter, args.input, [output], args.scheduler, resume=args.resume, progress=not args.quiet
+    )
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -256,8 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "-o",
         "--output",
-        help="mask stack to write (default: <input>_mask.tif); with several inputs, a "
-        "folder (created if missing) receiving <stem>_mask.tif for each",
+        help="mask output: a TIFF, or an OME-Zarr image for *.zarr (default: "
+        "<input>_mask.tif); with several inputs, a folder (created if missing) receiving "
+        "<stem>_mask.tif (or .ome.zarr, see --format) for each",
     )
     _add_engine_options(seg)
     _add_run_options(seg)
@@ -302,6 +329,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help="with --follow: stop after this long without a new frame (default 10)",
+    )
+    seg.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="mask output format (default: from the -o name, *.zarr being OME-Zarr; TIFF "
+        "otherwise); ome-zarr needs unetrt[zarr]",
+    )
+    seg.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the partial output of a run that was killed or interrupted, "
+        "segmenting only the missing frames (started anew if there is none)",
+    )
+    seg.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on the dask.distributed cluster at ADDRESS (e.g. tcp://head:8786), or "
+        "'local' for a new local cluster sized to this machine; needs unetrt[dask]",
     )
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
@@ -419,7 +464,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnetrtError as exc:
         print(f"unetrt: error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
-        print("unetrt: interrupted; no output was written", file=sys.stderr)
+        if getattr(args, "resume", False):
+            print(
+                "unetrt: interrupted; the frames done are kept: run the same command "
+                "(with --resume) to finish",
+                file=sys.stderr,
+            )
+        else:
+            print("unetrt: interrupted; no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:  # unreadable input or unwritable output the stages did not name
         where = f": {exc.filename}" if exc.filename else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import signal
 import threading
@@ -27,7 +28,18 @@ import numpy as np
 from . import masks, tiling
 from .contract import ModelContract
 from .errors import ConfigError, InputError, OutputError, UnetrtError
-from .io import FollowedFrames, FrameSource, StackWriter, follow_frames, open_frames, prefetch
+from .io import (
+    FORMATS,
+    FollowedFrames,
+    FrameSource,
+    follow_frames,
+    is_zarr,
+    open_frames,
+    open_output,
+    output_format,
+    prefetch,
+)
+from .io.runrecord import ResumableOutput
 from .live import LiveQueue, LiveStats, check_queue
 from .model import Model, open_model
 from .models import BUILTIN_MODELS, DEFAULT_MODEL
@@ -478,13 +490,21 @@ class Segmenter:
         progress: bool = True,
         follow: bool = False,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        resume: bool = False,
+        format: str | None = None,
         _bar: Any = None,
     ) -> SegmentSummary:
-        """Segment a stack (multi-page TIFF, folder or glob of frames) into a mask stack.
+        """Segment a stack (TIFF, OME-Zarr, folder or glob of frames) into a mask stack.
 
         Frames are read in a background thread while the engine runs, masks are written
-        frame by frame to a temporary file renamed on success, and memory use does not
-        grow with the number of frames.
+        frame by frame under a hidden partial name renamed on success, and memory use
+        does not grow with the number of frames.
+
+        A run killed outright (SIGKILL, a reboot) leaves its partial output; the same
+        call with ``resume=True`` keeps its complete frames and segments only the
+        missing ones, giving the output an uninterrupted run gives. A resumable run
+        interrupted with Ctrl-C keeps its partial output too. Without ``resume`` an
+        earlier partial output is replaced.
 
         With ``follow``, the input is still being written (a TIFF acquisition software
         appends pages to, or a folder receiving one file per frame): frames are
@@ -498,12 +518,17 @@ class Segmenter:
 
         Args:
             source: Input stack, folder or glob.
-            output: Mask stack to write; default ``<input stem>_mask.tif`` beside the input.
-            probabilities: Optional float32 probability stack to write as well.
+            output: Mask output: a TIFF, or an OME-Zarr image for a name ending in
+                ``.zarr``; default ``<input stem>_mask.tif`` (``.ome.zarr`` with
+                ``format="ome-zarr"``) beside the input.
+            probabilities: Optional float32 probability output (TIFF or OME-Zarr).
             frames: Optional slice of frames to process (not with ``follow``).
             progress: Show a progress bar on stderr.
             follow: Follow an input that is still being written.
             idle_timeout: With ``follow``: seconds without a new frame that end the run.
+            resume: Continue the partial output of a killed run with the same settings.
+            format: ``"tiff"`` or ``"ome-zarr"``, for the default output name; a
+                given ``output`` names its own format.
             _bar: A progress bar shared with other videos (`segment_many`), instead of
                 one of this run's own.
 
@@ -511,9 +536,13 @@ class Segmenter:
             A `SegmentSummary`.
         """
         started = time.perf_counter()
+        out_given = Path(output) if output is not None else None
+        check_format(format, out_given)
         if follow:
             if frames is not None:
                 raise ConfigError("a frame selection cannot be combined with following")
+            if resume:
+                raise ConfigError("a followed input cannot be resumed; segment it again")
             if self.contract.normalization.needs_stack_statistics:
                 raise ConfigError(
                     "this model normalizes per stack, which needs the whole stack; "
@@ -524,7 +553,7 @@ class Segmenter:
         else:
             opened = open_frames(source, frames)
         with opened as src:
-            out_path = Path(output) if output is not None else default_output(src.path)
+            out_path = out_given if out_given is not None else default_output(src.path, format)
             prob_path = Path(probabilities) if probabilities is not None else None
             _check_outputs(src.path, out_path, prob_path)
             if isinstance(src, FollowedFrames):
@@ -536,12 +565,27 @@ class Segmenter:
                 stream = None
             assert src.frame_shape is not None
             check_shape(src.frame_shape, self.contract.channels)
-            if stream is None:
-                assert isinstance(src, FrameSource)
-                stream = self.stream(source=src)
-            count, failure = self._write_masks(
-                src, stream, out_path, prob_path, total, progress, follow=follow, bar=_bar
-            )
+            with ExitStack() as writers:
+                # Outputs open before the progress bar, so that a bad path fails cleanly;
+                # each is renamed into place only if the whole run succeeds.
+                outputs = [
+                    writers.enter_context(self.open_output(src, path, kind, resume, frames))
+                    for path, kind in ((out_path, "masks"), (prob_path, "probabilities"))
+                    if path is not None
+                ]
+                wanted = None if total is None else [missing_frames(out) for out in outputs]
+                todo = None if wanted is None else sorted(set().union(*wanted))
+                if stream is None:
+                    assert isinstance(src, FrameSource) and todo is not None
+                    frame_of = todo  # messages name frames by their number in the input
+                    stream = VideoStream(
+                        src.name,
+                        self.stack_statistics(src),
+                        lambda k: src.describe_frame(frame_of[k]),
+                    )
+                count, failure = self._write_masks(
+                    src, stream, outputs, wanted, todo, progress, follow=follow, bar=_bar
+                )
         if failure is not None:  # the input broke while being followed
             raise InputError(
                 f"{failure}; the masks of the {count} frames before were kept in {out_path}"
@@ -554,23 +598,32 @@ class Segmenter:
         output_dir: str | os.PathLike[str] | None = None,
         *,
         progress: bool = True,
+        resume: bool = False,
+        format: str | None = None,
+        scheduler: str | None = None,
     ) -> RunSummary:
-        """Segment several stacks, one after the other, with one progress bar.
+        """Segment several stacks with one progress bar, here or on a Dask cluster.
 
-        Each input gets ``<stem>_mask.tif`` in ``output_dir`` (created if missing), or
-        beside itself without one (see `default_output`). A video that fails (a missing
-        or corrupt file, a frame with NaN) is reported and the others go on; its output
-        is not written.
+        Each input gets ``<stem>_mask.tif`` (``.ome.zarr`` with ``format="ome-zarr"``)
+        in ``output_dir`` (created if missing), or beside itself without one (see
+        `default_output`). A video that fails (a missing or corrupt file, a frame with
+        NaN) is reported and the others go on; its output is not written.
 
         Args:
             sources: Input stacks, folders or globs.
             output_dir: Folder for the masks; None: beside each input.
             progress: Show one progress bar over all frames of all videos.
+            resume: Continue the partial outputs of a killed run (see `segment`).
+            format: ``"tiff"`` (default) or ``"ome-zarr"``.
+            scheduler: Run on the ``dask.distributed`` cluster at this address
+                (``"local"``: a new `LocalCluster` sized to this machine); see
+                `unetrt.cluster`. None: here, one video after the other.
 
         Returns:
             A `RunSummary`: one `SegmentSummary` per video done, and the videos that
             failed with their error.
         """
+        check_format(format, None)
         folder = Path(output_dir) if output_dir is not None else None
         if folder is not None:
             try:
@@ -578,7 +631,9 @@ class Segmenter:
             except OSError as exc:
                 raise OutputError(f"cannot create the output folder {folder}: {exc}") from exc
         outputs = [
-            default_output(Path(s)) if folder is None else folder / default_output(Path(s)).name
+            default_output(Path(s), format)
+            if folder is None
+            else folder / default_output(Path(s), format).name
             for s in sources
         ]
         if len(set(outputs)) < len(outputs):
@@ -586,73 +641,121 @@ class Segmenter:
                 "two inputs would write the same mask file (same name); give them "
                 "different names or segment them one at a time with -o"
             )
+        if scheduler is not None:
+            from .cluster import segment_on_cluster
+
+            return segment_on_cluster(
+                self, sources, outputs, scheduler, resume=resume, progress=progress
+            )
         done: list[SegmentSummary] = []
         failed: list[tuple[str, str]] = []
-        total = 0
-        for source in sources:  # frames in all videos, for the one bar (opening is lazy)
-            try:
-                with open_frames(source) as stack:
-                    total += len(stack)
-            except UnetrtError:
-                pass  # reported when its turn comes
-        with _progress(total, progress, "videos") as bar:
+        with _progress(count_frames(sources), progress, "videos") as bar:
             for i, (source, output) in enumerate(zip(sources, outputs, strict=True)):
                 bar.set_postfix_str(f"video {i + 1}/{len(sources)}")
                 try:
-                    done.append(self.segment(source, output, progress=progress, _bar=bar))
+                    done.append(
+                        self.segment(source, output, progress=progress, resume=resume, _bar=bar)
+                    )
                 except UnetrtError as exc:
                     failed.append((os.fspath(source), str(exc)))
         return RunSummary(tuple(done), tuple(failed))
+
+    def open_output(
+        self,
+        src: FrameSource | FollowedFrames,
+        path: Path,
+        kind: str,
+        resume: bool,
+        frames: slice | None = None,
+    ) -> ResumableOutput:
+        """The writer of the ``kind`` (``"masks"`` or ``"probabilities"``) output of
+        `src` at `path`, resuming a killed run's partial output if asked and it was
+        made with the same settings (`run_settings`)."""
+        assert src.frame_shape is not None
+        height, width = src.frame_shape[:2]
+        if kind == "masks":
+            shape: tuple[int, ...] = (height, width)
+            dtype: type[np.generic] = np.uint16 if self.postprocess.label else np.uint8
+        else:
+            k = self.classes
+            shape, dtype = ((height, width) if k == 1 else (height, width, k)), np.float32
+        total = len(src) if isinstance(src, FrameSource) else None
+        return open_output(
+            path,
+            frame_shape=shape,
+            dtype=dtype,
+            n_frames=total,
+            run=self.run_settings(src, kind, frames),
+            resume=resume,
+            name=kind,
+        )
+
+    def run_settings(
+        self, src: FrameSource | FollowedFrames, kind: str, frames: slice | None = None
+    ) -> dict[str, Any]:
+        """What the `kind` output of `src` depends on, as JSON values: the model file,
+        the input file, the frames and every option that changes masks (not threads or
+        batch). A partial output is resumed only with equal settings."""
+        options = self.spec.options()
+        for name in ("threads", "batch", "queue_size", "when_full"):
+            del options[name]
+
+        def identity(path: Path) -> list[Any]:
+            try:
+                info = path.stat()
+            except OSError:
+                return [os.fspath(path)]
+            return [os.path.abspath(path), info.st_size, info.st_mtime_ns]
+
+        return {
+            "output": kind,
+            "model": identity(Path(self.model.path)),
+            "input": [identity(Path(f)) for f in src.files]
+            if isinstance(src, FrameSource)
+            else identity(src.path),
+            "frames": None if frames is None else [frames.start, frames.stop, frames.step],
+            "options": {k: repr(v) for k, v in sorted(options.items())},
+            "contract": self.contract.to_dict(),
+        }
 
     def _write_masks(
         self,
         src: FrameSource | FollowedFrames,
         stream: VideoStream,
-        out_path: Path,
-        prob_path: Path | None,
-        total: int | None,
+        outputs: list[ResumableOutput],
+        wanted: list[set[int]] | None,
+        todo: list[int] | None,
         progress: bool,
         *,
         follow: bool,
         bar: Any,
     ) -> tuple[int, InputError | None]:
-        """The frame loop of `segment`: returns the frames written and, when following,
-        the error that ended the input (the masks before it are kept)."""
-        assert src.frame_shape is not None
-        height, width = src.frame_shape[:2]
-        mask_dtype = np.uint16 if self.postprocess.label else np.uint8
+        """The frame loop of `segment`: segments the frames `todo` (every frame, in
+        order, when None: a followed input) into `outputs` (masks first), each output
+        getting the frames it `wanted`; returns the number of frames segmented and, when
+        following, the error that ended the input (the masks before it are kept)."""
         failure: list[InputError] = []
-        frames: Iterator[np.ndarray] = iter(src)
-        if follow:
-            frames = _until_broken(frames, failure)
-        with ExitStack() as outputs:
-            # Outputs open before the progress bar, so that a bad path fails cleanly;
-            # each is renamed into place only if the whole run succeeds.
-            mask_writer = outputs.enter_context(
-                StackWriter(out_path, frame_shape=(height, width), dtype=mask_dtype, n_frames=total)
-            )
-            probs_out = None
-            if prob_path is not None:
-                k = self.classes
-                probs_out = outputs.enter_context(
-                    StackWriter(
-                        prob_path,
-                        frame_shape=(height, width) if k == 1 else (height, width, k),
-                        dtype=np.float32,
-                        n_frames=total,
-                    )
-                )
+        frames: Iterator[np.ndarray]
+        indices: Iterable[int]
+        if todo is None:
+            frames, indices = _until_broken(iter(src), failure), itertools.count()
+        else:
+            assert isinstance(src, FrameSource)
+            frames, indices = (src.read(i) for i in todo), todo
+        with ExitStack() as stack:
             if isinstance(src, FollowedFrames):
-                outputs.enter_context(_ctrl_c_stops(src))
+                stack.enter_context(_ctrl_c_stops(src))
             if bar is None:
-                bar = outputs.enter_context(_progress(total, progress, src.name))
+                total = None if todo is None else len(todo)
+                bar = stack.enter_context(_progress(total, progress, src.name))
             else:
                 bar.set_description_str(src.name)
             count = 0
-            for probs in self.predict_frames(prefetch(frames), stream):
-                if probs_out is not None:
-                    probs_out.write(probs)
-                mask_writer.write(self.to_mask(probs))
+            results = self.predict_frames(prefetch(frames), stream)
+            for index, probs in zip(indices, results, strict=False):  # indices may be endless
+                for i, out in enumerate(outputs):
+                    if wanted is None or index in wanted[i]:
+                        out.write(self.to_mask(probs) if i == 0 else probs, index)
                 count += 1
                 bar.update(1)
         return count, (failure[0] if failure else None)
@@ -669,14 +772,47 @@ class Segmenter:
         self.close()
 
 
-def default_output(source: Path) -> Path:
-    """``<input stem>_mask.tif`` beside the input; for a folder or a glob pattern,
-    ``<folder>_mask.tif`` beside the folder (never where the input would find it)."""
+def default_output(source: Path, format: str | None = None) -> Path:
+    """``<input stem>_mask.tif`` (``.ome.zarr`` for ``format="ome-zarr"``) beside the
+    input; for a folder or a glob pattern, ``<folder>_mask.tif`` beside the folder
+    (never where the input would find it)."""
     source = Path(source)
     if any(c in source.name for c in "*?["):
         source = source.parent
-    stem = source.name if source.is_dir() else source.name.split(".")[0]
-    return source.parent / f"{stem}_mask.tif"
+    is_folder = source.is_dir() and not is_zarr(source)
+    stem = source.name if is_folder else source.name.split(".")[0]
+    suffix = ".ome.zarr" if format == "ome-zarr" else ".tif"
+    return source.parent / f"{stem}_mask{suffix}"
+
+
+def check_format(format: str | None, output: Path | None) -> None:
+    """Refuse an unknown output format, or one the output's own name contradicts."""
+    if format is None:
+        return
+    if format not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if output is not None and output_format(output) != format:
+        raise ConfigError(
+            f"{output} is a {output_format(output)} name but the format asked for is "
+            f"{format}; name an OME-Zarr output *.ome.zarr, a TIFF *.tif"
+        )
+
+
+def missing_frames(output: ResumableOutput) -> set[int]:
+    """The frames `output` still needs (all of them, unless it resumes a partial one)."""
+    return {i for run in output.missing() for i in run}
+
+
+def count_frames(sources: Sequence[str | os.PathLike[str]]) -> int:
+    """Frames in all the sources that open (the others count 0: reported later)."""
+    total = 0
+    for source in sources:
+        try:
+            with open_frames(source) as stack:
+                total += len(stack)
+        except UnetrtError:
+            pass
+    return total
 
 
 def _check_outputs(source: Path, output: Path, probabilities: Path | None) -> None:

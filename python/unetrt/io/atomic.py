@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import OutputError
 
-__all__ = ["atomic_output", "output_error", "partial_path"]
+__all__ = ["atomic_output", "output_error", "partial_path", "resumable_partial_path"]
 
 
 def partial_path(path: Path) -> Path:
@@ -24,6 +24,16 @@ def partial_path(path: Path) -> Path:
     with the suffix kept for writers that check it (Keras wants ``.keras``).
     """
     return path.parent / f".{path.stem}.partial-{os.getpid()}{path.suffix}"
+
+
+def resumable_partial_path(path: Path) -> Path:
+    """The hidden name of a mask output being written: ``.<stem>.partial<suffix>``.
+
+    Stable, unlike `partial_path`, so that a run killed partway (SIGKILL, a reboot)
+    leaves a partial output the next run finds and continues (``--resume``); two runs
+    writing the same output at once are kept apart by `unetrt.io.runrecord.RunRecord`.
+    """
+    return path.parent / f".{path.stem}.partial{path.suffix}"
 
 
 @contextlib.contextmanager

@@ -80,7 +80,7 @@ import threading
 import time
 from bisect import insort
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,12 +94,12 @@ from .readers import (
     _CHANNEL_AXES,
     _PNG_MAGIC,
     MAX_CHANNELS,
-    _check_dtype,
     _is_image_name,
     _natural_key,
     _raise_if_corrupt,
     _read_image_file,
     _tifffile_errors,
+    check_dtype,
 )
 
 __all__ = ["FollowedFrames", "follow_frames"]
@@ -153,6 +153,23 @@ def follow_frames(
         if not value > 0:
             raise ConfigError(f"{what} must be a positive number of seconds, got {value}")
     return FollowedFrames(Path(source), idle_timeout, poll_interval)
+
+
+#: Seconds without progress after which a stopped writer's file is taken as it is.
+_SETTLED = 0.05
+
+
+def complete_frames(path: Path) -> Generator[np.ndarray, None, None]:
+    """The complete frames of a TIFF whose writer has stopped, in order.
+
+    For the partial output of a killed run (``--resume``): the frames up to the first
+    incomplete or unreadable one, found with the same page checks as following.
+    """
+    with FollowedFrames(path, _SETTLED, _SETTLED / 5) as followed:
+        try:
+            yield from followed
+        except InputError:
+            return  # an incomplete (or no) next frame: the complete ones end here
 
 
 class FollowedFrames(Closeable):
@@ -739,7 +756,7 @@ class _StackFollower(_Follower):
                         f"decode ({tiffpage.bitspersample} bits, format "
                         f"{tiffpage.sampleformat})"
                     )
-                _check_dtype(np.dtype(tiffpage.dtype), self.path)
+                check_dtype(np.dtype(tiffpage.dtype), self.path)
                 data = tiffpage.asarray()
             _raise_if_corrupt(self.path, problems)
         except InputError:

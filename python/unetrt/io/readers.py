@@ -69,9 +69,10 @@ def open_frames(source: str | os.PathLike[str], frames: slice | None = None) -> 
     """Open a stack, image, folder or glob pattern for lazy frame-by-frame reading.
 
     Args:
-        source: A multi-page or single-frame TIFF, a PNG, a folder of single-frame
-            TIFF/PNG files (sorted naturally, so ``t2`` comes before ``t10``; hidden
-            files are skipped), or a glob pattern such as ``"frames/t*.tif"``.
+        source: A multi-page or single-frame TIFF, a PNG, an OME-Zarr image (needs
+            ``unetrt[zarr]``), a folder of single-frame TIFF/PNG files (sorted
+            naturally, so ``t2`` comes before ``t10``; hidden files are skipped), or a
+            glob pattern such as ``"frames/t*.tif"``.
         frames: Optional selection ``start:stop:step`` (positive step) applied lazily;
             bounds outside the stack are an error rather than silently clipped.
 
@@ -84,6 +85,10 @@ def open_frames(source: str | os.PathLike[str], frames: slice | None = None) -> 
     """
     path = Path(source)
     if path.is_dir():
+        from .omezarr import is_zarr, open_zarr  # zarr only for Zarr inputs
+
+        if is_zarr(path):
+            return open_zarr(path, frames)
         files = sorted(
             (
                 p
@@ -228,7 +233,7 @@ class _TiffStack(FrameSource):
         series = series_list[0]
         self.axes = series.axes
         dtype = np.dtype(series.dtype)
-        _check_dtype(dtype, path)
+        check_dtype(dtype, path)
         self.dtype = dtype.newbyteorder("=")
 
         shape = tuple(series.get_shape(False))
@@ -402,7 +407,7 @@ def _read_image_file(path: Path) -> np.ndarray:
         raise InputError(f"{path} is not a readable PNG image: {exc}") from exc
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
-    _check_dtype(frame.dtype, path)
+    check_dtype(frame.dtype, path)
     return np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
 
 
@@ -467,7 +472,8 @@ def _raise_if_corrupt(path: Path, problems: list[str]) -> None:
             raise InputError(f"{path} is truncated or corrupt ({detail})")
 
 
-def _check_dtype(dtype: np.dtype[Any], path: Path) -> None:
+def check_dtype(dtype: np.dtype[Any], path: Path) -> None:
+    """Refuse pixels of a type unetrt does not read (`READABLE_DTYPES`), naming `path`."""
     if dtype.newbyteorder("=") not in READABLE_DTYPES:
         raise InputError(
             f"{path} has pixels of type {dtype}, which unetrt does not read; "

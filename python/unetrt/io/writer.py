@@ -6,7 +6,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,16 @@ import numpy as np
 import numpy.typing as npt
 import tifffile
 
-from ..closeable import Closeable
 from ..errors import ConfigError, OutputError
-from .atomic import output_error, partial_path
+from .atomic import output_error, resumable_partial_path
+from .follow import complete_frames
+from .omezarr import ZARR_SUFFIX, ZarrWriter
+from .runrecord import ResumableOutput, RunRecord
 
-__all__ = ["COMPRESSIONS", "StackWriter"]
+__all__ = ["COMPRESSIONS", "FORMATS", "StackWriter", "open_output", "output_format"]
+
+#: Mask output formats: a multi-page TIFF, or an OME-Zarr image (``unetrt[zarr]``).
+FORMATS = ("tiff", "ome-zarr")
 
 # Classic TIFF addresses 4 GiB; stay well below it to leave room for IFDs and tags.
 _CLASSIC_TIFF_LIMIT = int(3.9 * 2**30)
@@ -27,13 +32,16 @@ COMPRESSIONS = ("none", "zlib", "deflate", "lzw", "zstd")
 _RESERVED_METADATA = frozenset({"shape", "axes", "images", "channels", "slices", "frames"})
 
 
-class StackWriter(Closeable):
+class StackWriter(ResumableOutput):
     """Write frames one at a time to a multi-page TIFF, atomically.
 
-    Frames go to a hidden temporary file in the output folder
-    (`partial_path`), which replaces `path` only when the writer is
-    closed successfully; on any exception (Ctrl-C included) the temporary file is
-    deleted and an existing file at `path` is left untouched.
+    Frames go to a hidden partial file in the output folder
+    (`resumable_partial_path`), which replaces `path` only when the writer is
+    closed successfully; on any exception (Ctrl-C included) the partial file is
+    deleted and an existing file at `path` is left untouched. A run killed outright
+    (SIGKILL, a reboot) leaves the partial file and its run record (`RunRecord`): a
+    writer opened with ``resume=True`` and the same ``run`` settings keeps its complete
+    frames (`frames_written` starts there) and continues; any other writer replaces it.
 
     The result is one series that tifffile reads as ``(T, H, W)`` (``(T, C, H, W)``
     for frames with channels, stored one page per channel). With ``imagej=True`` the
@@ -64,9 +72,19 @@ class StackWriter(Closeable):
             (ImageJ keys with ``imagej``, any JSON values otherwise).
         compression: ``None``/``"none"``, ``"zlib"`` (= ``"deflate"``), ``"lzw"`` or
             ``"zstd"``. ImageJ itself reads zlib and LZW, not zstd.
+        run: What the frames depend on (JSON values: model, input, options); a partial
+            file is resumed only by a writer with the same ``run``.
+        resume: Continue a killed run's partial file made with the same ``run``
+            (nothing to continue: start anew). An interrupted (Ctrl-C) resumable
+            writer keeps its partial file for the next resume.
+
+    Attributes:
+        frames_written: Frames in the file so far, resumed ones included.
+        resumed: Frames kept from the earlier run.
 
     Raises:
-        OutputError: If the output folder does not exist or cannot be written.
+        OutputError: If the output folder does not exist or cannot be written, or
+            another run is writing the same output.
         ConfigError: If `compression` is unknown or `imagej` is asked for a dtype
             ImageJ cannot hold.
     """
@@ -82,6 +100,8 @@ class StackWriter(Closeable):
         imagej: bool | None = None,
         metadata: dict[str, Any] | None = None,
         compression: str | None = None,
+        run: Mapping[str, Any] | None = None,
+        resume: bool = False,
     ) -> None:
         self.path = Path(path)
         self.frame_shape = tuple(int(n) for n in frame_shape)
@@ -122,20 +142,53 @@ class StackWriter(Closeable):
             raise OutputError(f"cannot write to {self.path}: {folder} {problem}")
         if self.path.is_dir():
             raise OutputError(f"cannot write to {self.path}: it is a folder")
-        self._partial = partial_path(self.path)
+        self._partial = resumable_partial_path(self.path)
+        self._resumable = resume
+        self._record = RunRecord(self.path, self._partial, dict(run or {}))
+        aside = self._partial.with_name(self._partial.name + ".resumed")
+        earlier = self._earlier_frames(aside) if resume and self._record.matches else None
+        if earlier is None:  # begin anew: an earlier run's leftovers go
+            aside.unlink(missing_ok=True)
+            self._record.start()
+        self._writer: tifffile.TiffWriter | None = None
         try:
-            self._writer: tifffile.TiffWriter | None = tifffile.TiffWriter(
-                self._partial, bigtiff=bigtiff
-            )
+            self._writer = tifffile.TiffWriter(self._partial, bigtiff=bigtiff)
+            if earlier is not None:
+                with contextlib.closing(complete_frames(earlier)) as frames:
+                    for frame in frames:
+                        self.write(frame)
+                earlier.unlink()
         except OSError as exc:
+            self.abort()
             raise output_error(self.path, exc) from exc
+        except BaseException:
+            self.abort()
+            raise
+        self.resumed = self.frames_written
 
-    def write(self, frame: np.ndarray) -> None:
-        """Append one frame.
+    def _earlier_frames(self, aside: Path) -> Path | None:
+        """The partial file of the killed run this one resumes, moved `aside` to be
+        copied from (its complete frames); None if there is none."""
+        if aside.exists():  # a resume killed while copying: this is the earlier file
+            self._partial.unlink(missing_ok=True)
+        elif self._partial.exists():
+            os.replace(self._partial, aside)
+        else:
+            return None
+        return aside
+
+    def missing(self) -> list[range]:
+        """The frames still to write (after the resumed ones), as `ZarrWriter.missing`."""
+        assert self.n_frames is not None, "missing() needs the number of frames"
+        left = range(self.frames_written, self.n_frames)
+        return [left] if left else []
+
+    def write(self, frame: np.ndarray, index: int | None = None) -> None:
+        """Append one frame (`index`, if given, must be the next one: a TIFF grows in order).
 
         Raises:
-            ValueError: If the frame's shape or dtype differs from the declared ones, or
-                more than `n_frames` frames are written.
+            ValueError: If the frame's shape or dtype differs from the declared ones,
+                more than `n_frames` frames are written, or `index` is not the next frame.
             OutputError: If the disk is full or the file cannot be written; the
                 partial file is removed.
         """
@@ -148,6 +201,8 @@ class StackWriter(Closeable):
             raise ValueError(f"frame dtype {frame.dtype} differs from the declared {self.dtype}")
         if self.n_frames is not None and self.frames_written >= self.n_frames:
             raise ValueError(f"{self.path} was declared with n_frames={self.n_frames}")
+        if index is not None and index != self.frames_written:
+            raise ValueError(f"frame {index} of {self.path} written after {self.frames_written}")
         # Channels are stored as separate pages (TCYX), the layout ImageJ expects.
         pages = frame if self._channels is None else np.moveaxis(frame, -1, 0)
         first = self.frames_written == 0
@@ -181,6 +236,7 @@ class StackWriter(Closeable):
             writer.close()
             self._writer = None
             os.replace(self._partial, self.path)
+        self._record.release()
 
     def abort(self) -> None:
         """Discard everything written so far; `path` is left as it was."""
@@ -191,6 +247,15 @@ class StackWriter(Closeable):
             with contextlib.suppress(Exception):
                 writer.close()
         self._partial.unlink(missing_ok=True)
+        self._record.release()
+
+    def suspend(self) -> None:
+        """Stop writing but keep the partial file and its record for a later resume."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
+        self._record.release(keep=True)
 
     @contextlib.contextmanager
     def _aborting(self) -> Iterator[None]:
@@ -200,6 +265,10 @@ class StackWriter(Closeable):
         except OSError as exc:
             self.abort()
             raise output_error(self.path, exc) from exc
+        except KeyboardInterrupt:
+            if not self._resumable:
+                self.abort()
+            raise
         except BaseException:
             self.abort()
             raise
@@ -215,3 +284,34 @@ class StackWriter(Closeable):
         if self.imagej:
             return str(tifffile.imagej_description(shape, axes=axes, **self._metadata))
         return json.dumps({"shape": list(shape), "axes": axes, **self._metadata})
+
+
+def output_format(path: Path) -> str:
+    """The format an output path asks for: ``"ome-zarr"`` for ``*.zarr``, else ``"tiff"``."""
+    return "ome-zarr" if path.name.lower().endswith(ZARR_SUFFIX) else "tiff"
+
+
+def open_output(
+    path: Path,
+    *,
+    frame_shape: tuple[int, ...],
+    dtype: npt.DTypeLike,
+    n_frames: int | None,
+    run: Mapping[str, Any],
+    resume: bool,
+    name: str = "masks",
+) -> StackWriter | ZarrWriter:
+    """The resumable writer for `path`, in the format its name asks for (`output_format`)."""
+    if output_format(path) == "ome-zarr":
+        return ZarrWriter(
+            path,
+            frame_shape=frame_shape,
+            dtype=dtype,
+            n_frames=n_frames,
+            run=run,
+            resume=resume,
+            name=name,
+        )
+    return StackWriter(
+        path, frame_shape=frame_shape, dtype=dtype, n_frames=n_frames, run=run, resume=resume
+    )

@@ -1,0 +1,325 @@
+"""Segment many videos on a Dask cluster (``unetrt segment ... --scheduler ADDRESS``).
+
+The client plans and the workers segment. For each video the client opens the input,
+computes its stack statistics once (when the model normalizes per stack), opens the
+outputs (resuming a killed run's partial outputs if asked) and cuts the frames still to
+do into work units: ranges of a few frames. A worker builds its `Segmenter` once from
+the picklable `SegmenterSpec` (its thread budget set to the worker's threads) and
+reuses it for every unit; units on one worker run one at a time, so the budget holds.
+
+Outputs: an OME-Zarr output is written by the workers straight into its partial image,
+a chunk per frame, each unit recorded when done (`unetrt.io.write_frames`); a TIFF
+output is streamed back to the client, which writes the units in order. Only a bounded
+number of units is in flight, so the client's memory does not grow with the videos.
+The masks equal those of a local run bit for bit: the same engine, options, statistics
+and frames.
+
+A video whose input is bad, or whose unit fails on a worker (a corrupt frame, a worker
+that died twice over), is reported by name, its outputs discarded, and the other videos
+go on. Workers must see the inputs, the model and the OME-Zarr outputs at the same paths
+as the client (one machine, or a shared file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import ConfigError, UnetrtError, require
+from .io import FrameSource, ZarrWriter, open_frames, write_frames
+from .io.runrecord import ResumableOutput
+from .normalize import Statistics
+from .pipeline import VideoStream, check_shape
+
+if TYPE_CHECKING:
+    from .segmenter import RunSummary, Segmenter, SegmenterSpec, SegmentSummary
+
+__all__ = ["LOCAL", "segment_on_cluster", "unit_size"]
+
+#: ``--scheduler local``: start a `LocalCluster` sized to this machine.
+LOCAL = "local"
+#: Most frames in one work unit (a unit is the grain of balancing and of resuming).
+MAX_UNIT_FRAMES = 32
+#: Work units per worker thread the frames are cut into, for balance.
+_UNITS_PER_THREAD = 4
+#: Seconds to wait for the scheduler to answer.
+_CONNECT_TIMEOUT = "10s"
+
+
+def unit_size(frames: int, threads: int) -> int:
+    """Frames per work unit for `frames` frames to do on `threads` worker threads:
+    enough units to keep every thread busy, none larger than `MAX_UNIT_FRAMES`."""
+    return max(1, min(MAX_UNIT_FRAMES, math.ceil(frames / (_UNITS_PER_THREAD * max(1, threads)))))
+
+
+def segment_on_cluster(
+    segmenter: Segmenter,
+    sources: Sequence[str | os.PathLike[str]],
+    outputs: Sequence[Path],
+    scheduler: str,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> RunSummary:
+    """Segment `sources` into `outputs` on the Dask cluster at `scheduler`.
+
+    Args:
+        segmenter: The Segmenter whose `spec` the workers build (the client uses it for
+            the statistics and the outputs).
+        sources: The input videos.
+        outputs: One mask output per input (TIFF, or OME-Zarr for ``*.zarr``).
+        scheduler: A scheduler address (``tcp://host:8786``) or `LOCAL`.
+        resume: Continue the partial outputs of a killed run.
+        progress: Show one progress bar over all frames.
+
+    Returns:
+        A `RunSummary` (videos done, videos failed with their error).
+
+    Raises:
+        MissingDependencyError: Without ``unetrt[dask]``.
+        ConfigError: If the scheduler cannot be reached.
+    """
+    from .segmenter import RunSummary, _progress, count_frames
+
+    with _client(scheduler) as client:
+        threads = sum(client.nthreads().values())
+        total = count_frames(sources)
+        with _progress(total, progress, "videos") as bar:
+            run = _Run(client, segmenter, threads, resume, bar)
+            run.go(list(zip(sources, outputs, strict=True)))
+    return RunSummary(tuple(run.done), tuple(run.failed))
+
+
+@contextlib.contextmanager
+def _client(scheduler: str) -> Iterator[Any]:
+    distributed = require("distributed", "dask")
+    with ExitStack() as stack:
+        if scheduler == LOCAL:
+            cluster = stack.enter_context(
+                distributed.LocalCluster(dashboard_address=None, silence_logs=logging.ERROR)
+            )
+            address = cluster.scheduler_address
+        else:
+            address = scheduler
+        try:
+            client = stack.enter_context(distributed.Client(address, timeout=_CONNECT_TIMEOUT))
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+        if not client.nthreads():
+            raise ConfigError(f"the Dask cluster at {address} has no workers")
+        yield client
+
+
+@dataclass
+class _Video:
+    """One video on its way through the cluster: its outputs and its units."""
+
+    source: str
+    src: FrameSource
+    outputs: list[ResumableOutput]
+    stats: Statistics | None
+    units: list[range]
+    started: float = field(default_factory=time.perf_counter)
+    written: int = 0  # units handed to the TIFF output, in order
+    finished: int = 0  # units done
+    waiting: dict[int, list[np.ndarray]] = field(default_factory=dict)  # out of order
+    futures: set[Any] = field(default_factory=set)
+    failed: bool = False
+
+    @property
+    def zarr_partial(self) -> str | None:
+        out = self.outputs[0]
+        return os.fspath(out.partial) if isinstance(out, ZarrWriter) else None
+
+
+class _Run:
+    """The client's loop: open videos in order, keep a bounded number of units in
+    flight, collect results, finish or fail each video."""
+
+    def __init__(self, client: Any, seg: Segmenter, threads: int, resume: bool, bar: Any) -> None:
+        self.client = client
+        self.seg = seg
+        self.spec = seg.spec
+        self.threads = threads
+        self.resume = resume
+        self.bar = bar
+        self.window = 2 * threads + 1
+        self.done: list[SegmentSummary] = []
+        self.failed: list[tuple[str, str]] = []
+        self.inflight: dict[Any, tuple[_Video, int]] = {}
+        self.open: list[_Video] = []  # videos with outputs open
+
+    def go(self, jobs: list[tuple[str | os.PathLike[str], Path]]) -> None:
+        distributed = require("distributed", "dask")
+        pending = iter(jobs)
+        queue: list[tuple[_Video, int]] = []  # units of the video being submitted
+        results = distributed.as_completed()
+        try:
+            while True:
+                while len(self.inflight) < self.window:
+                    if not queue:
+                        job = next(pending, None)
+                        if job is None:
+                            break
+                        video = self._open(*job)
+                        if video is not None:
+                            queue = [(video, i) for i in range(len(video.units))]
+                        continue
+                    video, i = queue.pop(0)
+                    if not video.failed:
+                        future = self._submit(video, i)
+                        self.inflight[future] = (video, i)
+                        video.futures.add(future)
+                        results.add(future)
+                if not self.inflight:
+                    break
+                future = next(results)
+                entry = self.inflight.pop(future, None)
+                if entry is not None:  # None: cancelled with its failed video
+                    entry[0].futures.discard(future)
+                    self._collect(*entry, future)
+        except BaseException as exc:  # Ctrl-C: resumable outputs keep what is done
+            for video in self.open:
+                for out in video.outputs:
+                    out.__exit__(type(exc), exc, exc.__traceback__)
+                video.src.close()
+            raise
+
+    def _open(self, source: str | os.PathLike[str], output: Path) -> _Video | None:
+        """Open a video and its output; a video with nothing left to do is finished."""
+        name = os.fspath(source)
+        try:
+            src = open_frames(source)
+        except UnetrtError as exc:
+            self.failed.append((name, str(exc)))
+            return None
+        try:
+            check_shape(src.frame_shape, self.seg.contract.channels)
+            stats = self.seg.stack_statistics(src)
+            out = self.seg.open_output(src, output, "masks", self.resume)
+        except UnetrtError as exc:
+            src.close()
+            self.failed.append((name, str(exc)))
+            return None
+        size = unit_size(sum(len(r) for r in out.missing()), self.threads)
+        units = [range(s, min(s + size, r.stop)) for r in out.missing() for s in r[::size]]
+        video = _Video(name, src, [out], stats, units)
+        self.open.append(video)
+        if not units:
+            self._finish(video)
+            return None
+        return video
+
+    def _submit(self, video: _Video, i: int) -> Any:
+        unit = video.units[i]
+        return self.client.submit(
+            _segment_unit,
+            self.spec,
+            video.source,
+            unit.start,
+            unit.stop,
+            video.stats,
+            video.zarr_partial,
+            pure=False,
+        )
+
+    def _collect(self, video: _Video, i: int, future: Any) -> None:
+        unit = video.units[i]
+        try:
+            masks = future.result()
+        except UnetrtError as exc:
+            return self._fail(video, str(exc))
+        except Exception as exc:  # a worker died, or a worker-side bug
+            where = f"frames {unit.start}-{unit.stop - 1} of {video.src.name}"
+            return self._fail(video, f"{type(exc).__name__} on a Dask worker ({where}): {exc}")
+        try:
+            if video.zarr_partial is None:  # TIFF: write the units in order
+                video.waiting[i] = masks
+                while video.written in video.waiting:
+                    start = video.units[video.written].start
+                    for k, mask in enumerate(video.waiting.pop(video.written)):
+                        video.outputs[0].write(mask, start + k)
+                    video.written += 1
+            video.finished += 1
+            self.bar.update(len(unit))
+            if video.finished == len(video.units):
+                self._finish(video)
+        except UnetrtError as exc:
+            self._fail(video, str(exc))
+
+    def _finish(self, video: _Video) -> None:
+        from .segmenter import SegmentSummary
+
+        self.open.remove(video)
+        try:
+            for out in video.outputs:
+                out.close()
+        except UnetrtError as exc:
+            video.src.close()
+            self.failed.append((video.source, str(exc)))
+            return
+        frames = sum(len(u) for u in video.units)
+        seconds = time.perf_counter() - video.started
+        self.done.append(SegmentSummary(frames, seconds, Path(video.outputs[0].path)))
+        video.src.close()
+
+    def _fail(self, video: _Video, message: str) -> None:
+        video.failed = True
+        self.open.remove(video)
+        for future in video.futures:
+            self.inflight.pop(future, None)
+            future.cancel()
+        for out in video.outputs:
+            out.abort()
+        video.src.close()
+        self.failed.append((video.source, message))
+
+
+# --------------------------------------------------------------------------- workers
+_segmenters: dict[str, tuple[Segmenter, threading.Lock]] = {}
+_segmenters_lock = threading.Lock()
+
+
+def _worker_segmenter(spec: SegmenterSpec) -> tuple[Segmenter, threading.Lock]:
+    """This worker's Segmenter for `spec`, built once; its threads are the worker's."""
+    key = repr(spec)
+    with _segmenters_lock:
+        if key not in _segmenters:
+            if spec.threads is None:
+                from distributed import get_worker
+
+                spec = dataclasses.replace(spec, threads=get_worker().state.nthreads)
+            _segmenters[key] = (spec.build(), threading.Lock())
+        return _segmenters[key]
+
+
+def _segment_unit(
+    spec: SegmenterSpec,
+    source: str,
+    start: int,
+    stop: int,
+    stats: Statistics | None,
+    zarr_partial: str | None,
+) -> list[np.ndarray] | None:
+    """A work unit, on a worker: the masks of frames ``start:stop`` of `source`,
+    written into the partial OME-Zarr image `zarr_partial` or returned (TIFF)."""
+    seg, lock = _worker_segmenter(spec)
+    with lock, open_frames(source, slice(start, stop)) as src:
+        stream = VideoStream(src.name, stats, src.describe_frame)
+        masks = list(seg.segment_frames(iter(src), stream))
+    if zarr_partial is None:
+        return masks
+    write_frames(Path(zarr_partial), start, masks)
+    return None
