@@ -1,0 +1,322 @@
+"""Scaling out: frames/s of `segment_many` in one process and on a Dask LocalCluster.
+
+Writes N synthetic uint16 videos (default 4 x 60 frames of 256 x 256) and a small U-Net
+(16 filters, 3 pools, 3x3 kernels; random weights: speed does not depend on them), then
+segments all the videos with `Segmenter.segment_many`, for each output format:
+
+  (a) the model alone: one ONNX Runtime run per normalized whole frame (the floor),
+  (b) local: this process, one video after the other, threads = all CPUs (the default),
+  (c) a `LocalCluster` of 1 worker x all CPU threads,
+  (d) a `LocalCluster` of 2 workers x (CPUs // 2) threads,
+
+timing only the `segment_many` call. Start-up is its own column: the model load and a
+warm-up video segmented in each format first (imports, first calls), in this process
+for (b), on the new cluster for (c) and (d) (its start, every worker's model load). It
+prints frames/s, the ratios against (b) and (a) measured in the same process, and the
+Dask overhead per frame, (t_cluster - t_local) / frames (negative when the cluster is
+faster). The cluster masks are checked against the local ones bit for bit (exit 1 if
+they differ). Last, a few lines on what a bigger cluster gives and what limits it.
+
+Usage:
+    python benchmarks/bench_scale.py [--videos 4] [--frames 60] [--size 256]
+        [--filters 16] [--pools 3] [--format both] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import distributed
+import numpy as np
+import onnxruntime as ort
+import tifffile
+
+from unetrt import Segmenter
+from unetrt.cluster import MAX_UNIT_FRAMES, unit_size
+from unetrt.contract import ModelContract
+from unetrt.io import open_frames
+from unetrt.normalize import normalize_frame
+from unetrt.segmenter import default_output, default_threads
+from unetrt.testing import save, unet_model, unet_receptive_radius
+
+FORMATS = ("tiff", "ome-zarr")
+
+
+@dataclass
+class Row:
+    """One configuration of one format: its best run and its start-up."""
+
+    name: str
+    fmt: str
+    startup: float
+    seconds: float
+    outputs: list[Path]  # the output folder of every repeat
+
+
+def write_stack(path: Path, frames: int, size: int, seed: int = 0) -> None:
+    """A synthetic uint16 time-lapse: a moving bright disc on noise, written frame by frame."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    base = rng.integers(800, 1200, (size, size), dtype=np.uint16)
+    with tifffile.TiffWriter(path, bigtiff=frames * size * size * 2 > 2**31) as tw:
+        for t in range(frames):
+            frame = base.copy()
+            cy, cx = (size // 2 + 40 * np.sin(t / 10 + seed), size // 2 + 40 * np.cos(t / 10))
+            frame[(yy - cy) ** 2 + (xx - cx) ** 2 < (size // 8) ** 2] += 3000
+            tw.write(frame, contiguous=True)
+
+
+def model_alone(seg: Segmenter, sources: list[Path], threads: int) -> float:
+    """(a) Seconds of the bare model on every frame, normalized and padded beforehand."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(seg.model.path), opts, providers=["CPUExecutionProvider"])
+    name = seg.model.image.name
+    a = seg.contract.alignment
+    total = 0.0
+    warm = False
+    for source in sources:
+        with open_frames(source) as src:
+            for frame in src:
+                x = normalize_frame(frame, seg.contract.normalization)
+                h, w = x.shape
+                x = np.pad(x, ((0, -h % a), (0, -w % a)), mode="reflect")[None, :, :, None]
+                if not warm:
+                    session.run(None, {name: x})
+                    warm = True
+                start = time.perf_counter()
+                session.run(None, {name: x})
+                total += time.perf_counter() - start
+    return total
+
+
+def timed_run(
+    seg: Segmenter, sources: list[Path], out: Path, fmt: str, scheduler: str | None
+) -> float:
+    """Seconds of one `segment_many` call; every video must succeed."""
+    start = time.perf_counter()
+    summary = seg.segment_many(sources, out, progress=False, scheduler=scheduler, format=fmt)
+    seconds = time.perf_counter() - start
+    if summary.failed or len(summary.videos) != len(sources):
+        print(f"FAILED run ({fmt}, scheduler={scheduler}):\n{summary}", file=sys.stderr)
+        sys.exit(1)
+    return seconds
+
+
+def _models_on_worker() -> int:
+    """Run on a worker: how many Segmenters it has built (0: its model is not loaded)."""
+    from unetrt import cluster
+
+    return len(cluster._segmenters)
+
+
+def warm_up(
+    seg: Segmenter, warmup: Path, out: Path, formats: list[str], scheduler: str | None
+) -> None:
+    """Segment the short `warmup` video in each format: the first calls' costs (imports,
+    the workers' model loading) stay out of the timed runs."""
+    for fmt in formats:
+        timed_run(seg, [warmup], out / fmt, fmt, scheduler)
+
+
+@contextmanager
+def local_cluster(
+    workers: int, threads: int, seg: Segmenter, warmup: Path, work: Path, formats: list[str]
+) -> Iterator[tuple[str, float]]:
+    """A new LocalCluster, warmed up: its address and the seconds from its start until
+    the warm-up was done."""
+    start = time.perf_counter()
+    with distributed.LocalCluster(
+        n_workers=workers,
+        threads_per_worker=threads,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    ) as cluster:
+        address = cluster.scheduler_address
+        warm_up(seg, warmup, work / f"warmup-{workers}w", formats, address)
+        startup = time.perf_counter() - start
+        with distributed.Client(address) as client:
+            loaded = client.run(_models_on_worker)
+        cold = [w for w, n in loaded.items() if n == 0]
+        if cold:
+            print(f"# note: {len(cold)} worker(s) still cold after the warm-up: {cold}")
+        yield address, startup
+
+
+def read_masks(path: Path) -> np.ndarray:
+    with open_frames(path) as src:
+        return np.stack(list(src))
+
+
+def compare(
+    ref: Path, other: Path, sources: list[Path], fmt: str, other_fmt: str = ""
+) -> list[str]:
+    """The videos whose masks under `other` differ from those under `ref`."""
+    bad = []
+    for source in sources:
+        a_path = ref / default_output(source, fmt).name
+        b_path = other / default_output(source, other_fmt or fmt).name
+        a, b = read_masks(a_path), read_masks(b_path)
+        if a.dtype != b.dtype or a.shape != b.shape or not np.array_equal(a, b):
+            diff = np.count_nonzero(a != b) if a.shape == b.shape else "shape"
+            bad.append(
+                f"{b_path} != {a_path} ({a.dtype}{a.shape} vs {b.dtype}{b.shape}, "
+                f"{diff} pixels differ)"
+            )
+    return bad
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=60, help="frames per video")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--filters", type=int, default=16)
+    parser.add_argument("--pools", type=int, default=3)
+    parser.add_argument("--format", choices=[*FORMATS, "both"], default="both")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per row; the best is kept")
+    parser.add_argument("--workdir", type=Path, help="where to write the videos (default: tmp)")
+    args = parser.parse_args()
+    formats = list(FORMATS) if args.format == "both" else [args.format]
+    cpus = default_threads()
+    half = max(1, cpus // 2)
+
+    tmp = tempfile.TemporaryDirectory(dir=args.workdir)
+    work = Path(tmp.name).resolve()
+    pools = args.pools
+    contract = ModelContract(alignment=2**pools, halo=unet_receptive_radius(pools=pools, kernel=3))
+    model_path = work / f"unet{args.filters}.onnx"
+    save(unet_model(filters=args.filters, pools=pools, kernel=3, contract=contract), model_path)
+    sources = []
+    for v in range(args.videos):
+        sources.append(work / f"video{v}.tif")
+        write_stack(sources[-1], args.frames, args.size, seed=v)
+    warmup = work / "warmup" / "warm.tif"
+    warmup.parent.mkdir()
+    write_stack(warmup, 8 * cpus, args.size, seed=99)
+    total = args.videos * args.frames
+    per_unit = unit_size(args.frames, cpus)
+    units = args.videos * math.ceil(args.frames / per_unit)
+
+    start = time.perf_counter()
+    seg = Segmenter(model_path)  # threads: all CPUs, the default
+    load = time.perf_counter() - start
+    warm_up(seg, warmup, work / "warmup-local", formats, None)
+    local_startup = time.perf_counter() - start
+    print(
+        f"# {args.videos} videos x {args.frames} frames {args.size}x{args.size} uint16 "
+        f"({total} frames), U-Net {args.filters} filters / {pools} pools, halo "
+        f"{contract.halo}; {cpus} CPUs; onnxruntime {ort.__version__}, "
+        f"distributed {distributed.__version__}; best of {args.repeat}"
+    )
+    print(
+        f"# cluster work units: {units} of {per_unit} frames ({cpus} worker threads in all); "
+        f"model load in this process: {load:.2f} s"
+    )
+
+    alone = min(model_alone(seg, sources, cpus) for _ in range(args.repeat))
+    configs = [("local, 1 process", 0, cpus), ("LocalCluster 1 worker", 1, cpus)]
+    configs.append(("LocalCluster 2 workers", 2, half))
+    rows: list[Row] = []
+    for label, workers, threads in configs:
+        name = f"{label} x {threads} thread{'s' * (threads > 1)}"
+        if workers:
+            where = local_cluster(workers, threads, seg, warmup, work, formats)
+        else:
+            where = nullcontext((None, local_startup))
+        with where as (address, startup):
+            for fmt in formats:
+                outs, best = [], math.inf
+                for r in range(args.repeat):
+                    out = work / f"{workers}w" / fmt / f"r{r}"
+                    best = min(best, timed_run(seg, sources, out, fmt, address))
+                    outs.append(out)
+                rows.append(Row(name, fmt, startup, best, outs))
+
+    print(
+        f"{'format':<9} {'run':<36} {'start-up s':>10} {'run s':>7} {'frames/s':>9} "
+        f"{'x local':>8} {'x (a)':>6} {'Dask ms/frame':>13}"
+    )
+    print(
+        f"{'-':<9} {'(a) model alone (ORT) x ' + str(cpus) + ' threads':<36} {'-':>10} "
+        f"{alone:>7.2f} {total / alone:>9.2f} {'-':>8} {1.0:>6.3f} {'-':>13}"
+    )
+    bad: list[str] = []
+    local: dict[str, Row] = {}
+    for row in rows:
+        local.setdefault(row.fmt, row)
+        base = local[row.fmt]
+        overhead = "-" if row is base else f"{(row.seconds - base.seconds) / total * 1e3:+.2f}"
+        print(
+            f"{row.fmt:<9} {row.name:<36} {row.startup:>10.2f} {row.seconds:>7.2f} "
+            f"{total / row.seconds:>9.2f} {base.seconds / row.seconds:>8.3f} "
+            f"{alone / row.seconds:>6.3f} {overhead:>13}"
+        )
+        for out in row.outputs:
+            if out != base.outputs[0]:
+                bad += compare(base.outputs[0], out, sources, row.fmt)
+    if len(formats) == 2:  # and the two formats hold the same masks
+        tiff, zarr = local["tiff"].outputs[0], local["ome-zarr"].outputs[0]
+        bad += compare(tiff, zarr, sources, "tiff", "ome-zarr")
+    runs = sum(len(r.outputs) for r in rows if r.name.startswith("LocalCluster"))
+    if bad:
+        print("MASKS DIFFER:\n  " + "\n  ".join(bad))
+        sys.exit(1)
+    print(
+        f"masks equal bit for bit: {runs} cluster run(s) x {args.videos} videos vs the local "
+        f"run{', TIFF vs OME-Zarr' if len(formats) == 2 else ''}: yes"
+    )
+    explain(rows, local, alone, total, units, args.size, cpus)
+    tmp.cleanup()
+
+
+def explain(
+    rows: list[Row],
+    local: dict[str, Row],
+    alone: float,
+    total: int,
+    units: int,
+    size: int,
+    cpus: int,
+) -> None:
+    """What a bigger cluster gives and what limits it, with this run's numbers."""
+    one = [r for r in rows if r.name.startswith("LocalCluster 1")]
+    per_unit = [(r.seconds - local[r.fmt].seconds) / units * 1e3 for r in one]
+    mib = total * size * size / 2**20  # uint8 masks
+    ms_frame = alone / total * 1e3
+    print(
+        f"""
+What a bigger cluster gives, and what limits it:
+  - Throughput adds up over the workers' cores while the model dominates: here a frame
+    costs {ms_frame:.1f} ms of pure inference on {cpus} threads, and each row above sits at
+    the 'x (a)' fraction of that. On this {cpus}-CPU machine the workers share the same
+    cores as the local run, so no cluster row can beat it: they show the overhead only.
+  - Reading: every worker opens the input and reads its own frames from the (shared) file
+    system: {size * size * 2 / 2**10:.0f} KiB per frame here; many workers on one NFS
+    server are capped by its read bandwidth.
+  - Writing: TIFF masks travel back to the client, which writes them in order
+    ({mib:.1f} MiB for these {total} frames): the client's network and disk carry every
+    mask, whatever the cluster's size. OME-Zarr is written by the workers in parallel, a
+    chunk per frame, and scales with the file system instead.
+  - Scheduling: each work unit (up to {MAX_UNIT_FRAMES} frames, here {units} units) is one
+    Dask task, a few ms of scheduler and transfer overhead
+    ({", ".join(f"{r.fmt} {p:+.1f}" for r, p in zip(one, per_unit, strict=True))} ms per
+    unit measured with 1 worker); the client keeps 2 x threads + 1 units in flight.
+  - Start-up: each worker loads the model once (the 'start-up s' column: cluster start,
+    plus the model on every worker); paid once per worker, not per video."""
+    )
+
+
+if __name__ == "__main__":
+    main()
