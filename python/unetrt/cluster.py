@@ -99,7 +99,10 @@ def segment_on_cluster(
         with _progress(total, progress, "videos") as bar:
             run = _Run(client, segmenter, threads, resume, bar)
             run.go(list(zip(sources, outputs, strict=True)))
-    return RunSummary(tuple(run.done), tuple(run.failed))
+    order = {os.fspath(s): i for i, s in enumerate(sources)}  # input order, not finishing order
+    done = sorted(run.done, key=lambda video: order[video[0]])
+    failed = sorted(run.failed, key=lambda video: order[video[0]])
+    return RunSummary(tuple(summary for _, summary in done), tuple(failed))
 
 
 @contextlib.contextmanager
@@ -156,7 +159,7 @@ class _Run:
         self.resume = resume
         self.bar = bar
         self.window = 2 * threads + 1
-        self.done: list[SegmentSummary] = []
+        self.done: list[tuple[str, SegmentSummary]] = []  # (input, summary)
         self.failed: list[tuple[str, str]] = []
         self.inflight: dict[Any, tuple[_Video, int]] = {}
         self.open: list[_Video] = []  # videos with outputs open
@@ -272,7 +275,7 @@ class _Run:
             return
         frames = sum(len(u) for u in video.units)
         seconds = time.perf_counter() - video.started
-        self.done.append(SegmentSummary(frames, seconds, Path(video.outputs[0].path)))
+        self.done.append((video.source, SegmentSummary(frames, seconds, video.outputs[0].path)))
         video.src.close()
 
     def _fail(self, video: _Video, message: str) -> None:

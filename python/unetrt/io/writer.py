@@ -240,22 +240,22 @@ class StackWriter(ResumableOutput):
 
     def abort(self) -> None:
         """Discard everything written so far; `path` is left as it was."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            # The file is deleted next, so a failed flush does not matter; it must be
-            # closed first because an open file cannot be deleted on Windows.
-            with contextlib.suppress(Exception):
-                writer.close()
-        self._partial.unlink(missing_ok=True)
-        self._record.release()
+        self._stop(keep=False)
 
     def suspend(self) -> None:
         """Stop writing but keep the partial file and its record for a later resume."""
+        self._stop(keep=True)
+
+    def _stop(self, *, keep: bool) -> None:
         writer, self._writer = self._writer, None
         if writer is not None:
+            # A failed flush does not matter: the file is deleted next, or resumed from
+            # its complete pages; it must be closed before deleting it on Windows.
             with contextlib.suppress(Exception):
                 writer.close()
-        self._record.release(keep=True)
+        if not keep:
+            self._partial.unlink(missing_ok=True)
+        self._record.release(keep=keep)
 
     @contextlib.contextmanager
     def _aborting(self) -> Iterator[None]:
