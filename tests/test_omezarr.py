@@ -167,3 +167,13 @@ def test_segmenting_to_ome_zarr_equals_the_tiff_output(unet_path: Path, tmp_path
     tiff = tifffile.imread(tmp_path / "v.tif.mask.tif")
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "v_mask.ome.zarr" / "0")[:], tiff)
     assert tifffile.imread(tmp_path / "again.tif").shape == tiff.shape  # zarr input reads
+
+
+def test_an_image_of_unknown_length_grows_frame_by_frame(tmp_path: Path) -> None:
+    """A followed input: the number of frames is known only at the end."""
+    frames = _frames(3)
+    path = tmp_path / "grown.ome.zarr"
+    with ZarrWriter(path, frame_shape=(24, 36), dtype=np.uint8, n_frames=None) as out:
+        for frame in frames:
+            out.write(frame)
+    np.testing.assert_array_equal(zarr.open_array(path / "0")[:], frames)
