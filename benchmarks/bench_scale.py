@@ -30,6 +30,7 @@ import math
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -199,6 +200,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs per row; the best is kept")
     parser.add_argument("--workdir", type=Path, help="where to write the videos (default: tmp)")
     args = parser.parse_args()
+    # dashboard_address=None still starts the scheduler's HTTP server (default port 8787);
+    # the second cluster alive at once moves to another port with this warning.
+    warnings.filterwarnings("ignore", message="Port 8787 is already in use")
     formats = list(FORMATS) if args.format == "both" else [args.format]
     cpus = default_threads()
     half = max(1, cpus // 2)

@@ -35,9 +35,10 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
         None,
     ),
     "train": (
-        "train a U-Net from a JSON training configuration (needs unetrt[train])",
-        "Train the model CONFIG describes; writes model.keras, config.json, "
-        "log.csv, checkpoints/ and montages/ into the output folder.",
+        "train a U-Net from a JSON configuration or a few annotated frames (needs unetrt[train])",
+        "Train the model CONFIG describes, or (--images DIR --masks DIR) a U-Net for a few "
+        "annotated frames, from scratch or --from default; writes model.keras, config.json, "
+        "log.csv, summary.json, checkpoints/ and montages/ into the output folder.",
     ),
     "export": (
         "export a trained Keras model to ONNX with its contract (needs unetrt[train])",
@@ -212,18 +213,60 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.write_config:
+        from .train.quickstart import write_template
+
+        write_template(args.write_config)
+        if not args.quiet:
+            print(f"wrote a training configuration to start from: {args.write_config}")
+        return 0
     require("tensorflow", "train")
     from .train.run import train
 
+    config: Any = args.config
+    if args.config is None:
+        from .train.quickstart import few_frames_config
+
+        if not (args.images and args.masks):
+            raise ConfigError("give a CONFIG file, or --images DIR and --masks DIR")
+        config = few_frames_config(
+            args.images,
+            args.masks,
+            args.output_dir or "unetrt-run",
+            start_from=args.start_from,
+            minutes=args.minutes,
+        )
+    else:
+        for flag, given in (("--images", args.images), ("--masks", args.masks),
+                            ("--from", args.start_from)):  # fmt: skip
+            if given:
+                raise ConfigError(f"{flag} builds a configuration; it cannot go with CONFIG")
+        if args.minutes is not None:
+            from .train.config import load_config
+
+            config = {**load_config(args.config).to_dict(), "train_max_minutes": args.minutes}
     path = train(
-        args.config,
+        config,
         output_dir=args.output_dir,
         resume=args.resume,
         epochs=args.epochs,
         verbose=0 if args.quiet else 2,
     )
     if not args.quiet:
+        summary = json.loads((path.parent / "summary.json").read_text())
+        stop = "time budget" if summary["stopped_by_time"] else "schedule / early stopping"
+        print(
+            f"trained {summary['steps']} steps in {summary['minutes']:.1f} min (ended by "
+            f"{stop}; best epoch {summary['best_epoch']}, validation Dice "
+            f"{summary['val_dice']}, training Dice {summary['train_dice']})"
+        )
+        for line in summary["warnings"]:
+            print(f"warning: {line}")
         print(f"trained model written to {path}")
+        onnx = path.with_suffix(".onnx")
+        print("next:")
+        print(f"  unetrt export {path} -o {onnx}")
+        print(f"  unetrt segment VIDEO.tif --model {onnx}")
     return 0
 
 
@@ -358,8 +401,30 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="machine-readable output")
 
     tr = _command(sub, "train", _cmd_train)
-    tr.add_argument("config", help="training configuration (JSON)")
-    tr.add_argument("--output-dir", help="output folder (default: the config's output_dir)")
+    tr.add_argument(
+        "config", nargs="?", help="training configuration (JSON); or use --images/--masks"
+    )
+    tr.add_argument("--images", metavar="DIR", help="without CONFIG: folder of annotated frames")
+    tr.add_argument(
+        "--masks", metavar="DIR", help="without CONFIG: folder of their masks (same numbers)"
+    )
+    tr.add_argument(
+        "--from",
+        dest="start_from",
+        metavar="MODEL",
+        help="without CONFIG: start from a built-in model ('default') or a weights file",
+    )
+    tr.add_argument(
+        "--minutes", type=float, help="stop after this many minutes, keeping the best weights"
+    )
+    tr.add_argument(
+        "--write-config", metavar="FILE", help="write a commented configuration to start from"
+    )
+    tr.add_argument(
+        "-o",
+        "--output-dir",
+        help="output folder (default: the config's output_dir; unetrt-run without CONFIG)",
+    )
     tr.add_argument(
         "--resume", metavar="CHECKPOINT", help="continue from checkpoints/epochNNNN.keras"
     )

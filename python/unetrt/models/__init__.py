@@ -7,8 +7,10 @@ this file for what each model is for.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from ..errors import ModelError
 
@@ -22,6 +24,13 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
 
 #: The model used when none is given.
 DEFAULT_MODEL = "default"
+
+#: Built-in models that training can start from (``train_pretrained_weights: "default"``,
+#: ``unetrt train --from default``): name -> (Keras weights, the training-configuration
+#: keys of its architecture and normalization), both in this folder.
+BUILTIN_WEIGHTS: dict[str, tuple[str, str]] = {
+    "default": ("default.weights.h5", "default.train.json"),
+}
 
 
 def builtin_path(name: str) -> Path:
@@ -52,3 +61,20 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     if not path.exists() and isinstance(model, str) and model in BUILTIN_MODELS:
         return builtin_path(model)
     return path
+
+
+def builtin_weights(name: str) -> tuple[Path, dict[str, Any]]:
+    """The Keras weights of a built-in model and the configuration keys that build it.
+
+    Raises:
+        ModelError: If ``name`` has no shipped weights.
+    """
+    if name not in BUILTIN_WEIGHTS:
+        raise ModelError(
+            f"no built-in model {name!r} to start training from ({', '.join(BUILTIN_WEIGHTS)})"
+        )
+    folder = Path(__file__).resolve().parent
+    weights, config = (folder / f for f in BUILTIN_WEIGHTS[name])
+    if not weights.is_file() or not config.is_file():
+        raise ModelError(f"the weights of built-in model {name!r} are not shipped with this build")
+    return weights, json.loads(config.read_text())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,19 @@ if TYPE_CHECKING:
     from .unet_config import UNetConfig
 
 VAL_MODES = ("frames", "patches")
+LR_SCHEDULES = ("plateau", "cosine")
+#: Steps per epoch at least, when ``train_steps_per_epoch`` is not set: with a handful of
+#: annotated frames one pass over them is a few steps, too few to judge an epoch by.
+MIN_STEPS_PER_EPOCH = 16
+#: Keys a built-in model's weights fix (``train_pretrained_weights: "default"``): taken
+#: from the model when a configuration leaves them out, refused when it contradicts them.
+PRETRAINED_KEYS = (
+    "cnn_name", "model_n_filters", "model_pools", "model_kernel_size", "model_dilation_rate",
+    "model_activation", "batch_norm", "upsampling", "downsampling", "convlstm_position",
+    "time_steps", "model_lossfunction", "newinfer_normalization", "newinfer_uneven_illumination",
+)  # fmt: skip
+#: A key starting with this is a comment (`unetrt train --write-config` writes them).
+COMMENT_PREFIX = "//"
 
 #: Seed keys with another name here: seed key -> our key.
 ALIASES = {
@@ -59,7 +73,6 @@ IGNORED_SEED_KEYS = {
     "callbacks_save_best_only": "unetrt training decides which checkpoints it keeps",
     "model_metrics": "unetrt training chooses its metrics",
     "model_mobile_alpha": "MobileNet models are not supported",
-    "model_train_decoder_only": "MobileNet models are not supported",
     "train_load_from_frozen": "MobileNet models are not supported",
     "model_loss_tips": "tip-detection models are not supported",
     "datagen_tips_factor": "tip-detection models are not supported",
@@ -127,6 +140,13 @@ class TrainConfig:
     train_seed_initializer: int | None = None
     callbacks_save_freq: str | int = "epoch"
     callbacks_patience: int = 10
+    model_train_decoder_only: bool = False
+    # training (ours)
+    train_steps_per_epoch: int | None = None
+    train_max_minutes: float | None = None
+    train_lr_schedule: str = "plateau"
+    train_warmup_steps: int = 0
+    callbacks_min_steps: int = 0
     # data generation (seed)
     datagen_patch_batch: int = 1
     datagen_batch_size: int = 4
@@ -157,6 +177,21 @@ class TrainConfig:
     def is_clip_model(self) -> bool:
         """Whether the model reads clips of ``time_steps`` frames (a ConvLSTM model)."""
         return "lstm" in self.cnn_name
+
+    @property
+    def builtin_weights(self) -> str | None:
+        """The built-in model whose weights training starts from, if any."""
+        from ..models import BUILTIN_WEIGHTS
+
+        name = self.train_pretrained_weights
+        return name if name in BUILTIN_WEIGHTS and not Path(name).exists() else None
+
+    def steps_per_epoch(self, frames: int) -> int:
+        """Batches per epoch for `frames` annotated training frames: the configured
+        number, or one pass over the frames but at least `MIN_STEPS_PER_EPOCH`."""
+        if self.train_steps_per_epoch is not None:
+            return self.train_steps_per_epoch
+        return max(math.ceil(frames / self.datagen_batch_size), MIN_STEPS_PER_EPOCH)
 
     @property
     def alignment(self) -> int:
@@ -341,13 +376,16 @@ def _check_types(c: TrainConfig) -> None:
         "data_train_masks", "data_val_images", "data_val_masks", "model_last_activation",
         "upsampling", "downsampling", "convlstm_position", "train_pretrained_weights",
     )  # fmt: skip
+    if not isinstance(c.train_lr_schedule, str):
+        raise _fail("train_lr_schedule", c.train_lr_schedule, "a string")
     ints = (
         "seed", "model_n_filters", "model_pools", "model_kernel_size", "train_max_epochs",
         "callbacks_patience", "datagen_patch_batch", "datagen_batch_size",
-        "datagen_contour_width",
+        "datagen_contour_width", "train_warmup_steps", "callbacks_min_steps",
     )  # fmt: skip
     optional_ints = (
         "model_dilation_rate", "model_seed_initializer", "train_seed_initializer", "time_steps",
+        "train_steps_per_epoch",
     )  # fmt: skip
     numbers = (
         "data_val_fraction", "model_dropout", "model_lr", "datagen_sampling_pdf",
@@ -368,10 +406,13 @@ def _check_types(c: TrainConfig) -> None:
     for key in numbers:
         if not _is_number(getattr(c, key)):
             raise _fail(key, getattr(c, key), "a number")
+    minutes = c.train_max_minutes
+    if minutes is not None and not (_is_number(minutes) and minutes > 0):
+        raise _fail("train_max_minutes", minutes, "a positive number of minutes or null")
     p = c.datagen_foreground_probability
     if p is not None and not _is_number(p):
         raise _fail("datagen_foreground_probability", p, "a number or null")
-    for key in ("batch_norm", "datagen_border_weights"):
+    for key in ("batch_norm", "datagen_border_weights", "model_train_decoder_only"):
         if not isinstance(getattr(c, key), bool):
             raise _fail(key, getattr(c, key), "true or false")
     frames = c.data_exclude_frames
@@ -425,6 +466,10 @@ def _check_values(c: TrainConfig) -> None:
         at_least("model_dilation_rate", 1)
     if c.time_steps is not None:
         at_least("time_steps", 1)
+    if c.train_steps_per_epoch is not None:
+        at_least("train_steps_per_epoch", 1)
+    for key in ("train_warmup_steps", "callbacks_min_steps"):
+        at_least(key, 0)
     if not 0.0 <= c.model_dropout < 1.0:
         raise _fail("model_dropout", c.model_dropout, "in [0, 1)")
     if not 0.0 < c.model_lr < 1.0:
@@ -437,6 +482,7 @@ def _check_values(c: TrainConfig) -> None:
         "data_val_mode": VAL_MODES,
         "datagen_type": TARGETS,
         "model_padding": ("same",),
+        "train_lr_schedule": LR_SCHEDULES,
     }
     for key, allowed in choices.items():
         if getattr(c, key) not in allowed:
@@ -509,7 +555,44 @@ def _check_consistency(c: TrainConfig) -> None:
         )
     if c.data_val_fraction and c.data_val_images is not None:
         raise ConfigError("set data_val_images or data_val_fraction, not both")
-    c.model_config()
+    if c.model_train_decoder_only and c.train_pretrained_weights is None:
+        raise ConfigError(
+            "model_train_decoder_only trains the decoder of a pretrained encoder: set "
+            'train_pretrained_weights (e.g. "default")'
+        )
+    if c.train_warmup_steps and c.train_lr_schedule != "cosine":
+        raise ConfigError('train_warmup_steps goes with train_lr_schedule "cosine"')
+    model = c.model_config()
+    if c.builtin_weights is not None:
+        _check_builtin_architecture(c, model)
+
+
+def _check_builtin_architecture(c: TrainConfig, model: UNetConfig) -> None:
+    """Refuse a configuration whose architecture or normalization differs from the
+    built-in model it starts from, naming each difference."""
+    from ..models import builtin_weights
+
+    name = c.builtin_weights
+    assert name is not None
+    _, keys = builtin_weights(name)
+    shipped = load_config({"data_train_images": ".", **keys})
+    want = shipped.model_config()
+    differences = [
+        f"{f.name} {getattr(model, f.name)!r} (the {name} model has {getattr(want, f.name)!r})"
+        for f in dataclasses.fields(want)
+        if f.name != "dropout" and getattr(model, f.name) != getattr(want, f.name)
+    ]
+    if c.normalization != shipped.normalization:
+        differences.append(
+            f"normalization {c.normalization.to_dict()} (the {name} model has "
+            f"{shipped.normalization.to_dict()})"
+        )
+    if differences:
+        raise ConfigError(
+            f"train_pretrained_weights {name!r} is a different model than the configuration "
+            f"describes: {'; '.join(differences)}. Leave these keys out to take the {name} "
+            "model's own"
+        )
 
 
 # ---------------------------------------------------------------------- loading
@@ -565,6 +648,8 @@ def load_config(source: str | Path | dict[str, Any]) -> TrainConfig:
     values: dict[str, Any] = {}
     ignored = []
     for key, value in data.items():
+        if key.startswith(COMMENT_PREFIX):
+            continue
         if key in IGNORED_SEED_KEYS:
             ignored.append(f"{key} ({IGNORED_SEED_KEYS[key]})")
             continue
@@ -584,7 +669,20 @@ def load_config(source: str | Path | dict[str, Any]) -> TrainConfig:
         raise ConfigError("config key 'data_train_images' (or the seed's 'TRAINPATH') is missing")
     if "TRAINPATH" in data and "data_format" not in values:
         values["data_format"] = "seed_csv"
+    pretrained = values.get("train_pretrained_weights")
+    if isinstance(pretrained, str) and _builtin(pretrained, base):
+        from ..models import builtin_weights
+
+        _, keys = builtin_weights(pretrained)  # its architecture, where the file is silent
+        values = {**{k: v for k, v in keys.items() if k in PRETRAINED_KEYS}, **values}
     return TrainConfig(**{k: _convert(k, v, base) for k, v in values.items()})
+
+
+def _builtin(name: str, base: Path | None) -> bool:
+    """Whether ``train_pretrained_weights`` names a built-in model, not a file."""
+    from ..models import BUILTIN_WEIGHTS
+
+    return name in BUILTIN_WEIGHTS and not ((base or Path()) / name).exists()
 
 
 def _convert(key: str, value: Any, base: Path | None) -> Any:
@@ -592,6 +690,8 @@ def _convert(key: str, value: Any, base: Path | None) -> Any:
     seed_string = isinstance(value, str) and value.lower() in _SEED_STRINGS
     if seed_string and key in (*_NULLABLE_SEED_KEYS, "newinfer_uneven_illumination"):
         value = _SEED_STRINGS[value.lower()]
+    if key == "model_train_decoder_only" and value in (0, 1) and not isinstance(value, bool):
+        return bool(value)  # the seed writes 0 / 1
     if key == "cnn_name" and value in _SEED_MODEL_SPELLINGS:
         return _SEED_MODEL_SPELLINGS[value]
     if key == "augmentation":
@@ -604,6 +704,8 @@ def _convert(key: str, value: Any, base: Path | None) -> Any:
         return str(base / value)
     if isinstance(value, list):
         return tuple(value)
+    if key == "train_pretrained_weights" and isinstance(value, str) and _builtin(value, base):
+        return value
     if key in _PATH_KEYS and isinstance(value, str) and base is not None:
         return str(base / value)
     return value

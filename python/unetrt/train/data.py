@@ -629,6 +629,7 @@ class PatchDataset(_AnnotatedBatches):
         augment: AugmentConfig | None = None,
         seed: int = 0,
         fixed: bool = False,
+        steps: int | None = None,
         **pydataset_options: Any,
     ) -> None:
         """Prepare the frames (normalization, targets, weights) once.
@@ -645,6 +646,8 @@ class PatchDataset(_AnnotatedBatches):
             augment: Augmentation (`AugmentConfig()` if None).
             seed: Seed of the frame order, patch centres and augmentation.
             fixed: Draw the same batches every epoch (validation patches).
+            steps: Batches per epoch; default one pass over the frames. More batches go
+                round the (shuffled) frames again, with new patches and augmentation.
             **pydataset_options: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
 
         Raises:
@@ -671,9 +674,14 @@ class PatchDataset(_AnnotatedBatches):
         self.seed = seed
         self.fixed = fixed
         self.epoch = 0
+        if steps is not None and steps < 1:
+            raise ConfigError(f"steps per epoch must be >= 1, got {steps!r}")
+        self.steps = steps or math.ceil(self.frames / self.batch_size)
+        #: What looks wrong in the data (see `mask_warnings`), for the run's summary.
+        self.warnings: list[str] = []
 
     def __len__(self) -> int:
-        return math.ceil(self.frames / self.batch_size)
+        return self.steps
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
         if not 0 <= index < len(self):
@@ -812,9 +820,16 @@ def build_datasets(
         "target": target,
         "sampler": config.sampler,
     }
+    steps = config.steps_per_epoch(sum(len(video.masks) for video in train))
     train_set = PatchDataset(
-        train, augment=config.augmentation, seed=config.data_seed, **patches, **pydataset_options
+        train,
+        augment=config.augmentation,
+        seed=config.data_seed,
+        steps=steps,
+        **patches,
+        **pydataset_options,
     )
+    train_set.warnings = mask_warnings(train)
     if not val:
         return train_set, None
     if config.data_val_mode == "patches":
@@ -837,3 +852,34 @@ def build_datasets(
             **pydataset_options,
         )
     return train_set, val_set
+
+
+#: A mask with more distinct values than this over mostly non-zero pixels looks like an
+#: intensity image, not a mask or a label image.
+_IMAGE_LIKE_VALUES = 64
+
+
+def mask_warnings(videos: Sequence[AnnotatedVideo]) -> list[str]:
+    """What looks wrong in the training masks, one line each (empty, all foreground,
+    or an image rather than a mask); training goes on, the summary says it."""
+    empty, full, image_like = [], [], []
+    for video in videos:
+        for i, mask in video.masks.items():
+            where = f"{video.name} frame {video.numbers[i]}"
+            share = np.count_nonzero(mask) / mask.size
+            if share == 0:
+                empty.append(where)
+            elif share > 0.5 and len(np.unique(mask)) > _IMAGE_LIKE_VALUES:
+                image_like.append(where)
+            elif share > 0.95:
+                full.append(where)
+    found = []
+    for names, what in (
+        (empty, "are empty (no foreground)"),
+        (full, "are almost all foreground"),
+        (image_like, "look like images, not masks or labels"),
+    ):
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            found.append(f"{len(names)} training masks {what}: {shown}")
+    return found

@@ -26,6 +26,8 @@ import json
 import math
 import os
 import re
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ from .models import build_model
 
 MODEL_NAME = "model.keras"
 LOG_NAME = "log.csv"
+SUMMARY_NAME = "summary.json"
 #: Periodic checkpoints kept in ``checkpoints/`` (older ones are deleted).
 KEEP_CHECKPOINTS = 3
 #: Validation frames (or patches) shown in each epoch's montage.
@@ -106,12 +109,18 @@ def train(
     train_set, val_set = build_datasets(cfg)
     train_set.epoch = initial_epoch  # a resumed run draws new patches, not epoch 0's again
     model = build_model(cfg.model_config())
+    if cfg.train_pretrained_weights is not None:
+        _load_weights(model, _pretrained_path(cfg), optimizer=False)
+    _freeze(model, cfg)
     metrics: Any = [dice_coefficient, jaccard]
     if isinstance(model.output, (list, tuple)):  # two heads: score the mask
         metrics = {"mask": metrics}
-    model.compile(optimizer=keras.optimizers.Adam(cfg.model_lr), loss=cfg.loss(), metrics=metrics)
-    if cfg.train_pretrained_weights is not None:
-        _load_weights(model, Path(cfg.train_pretrained_weights), optimizer=False)
+    steps = len(train_set)
+    model.compile(
+        optimizer=keras.optimizers.Adam(_learning_rate(cfg, steps)),
+        loss=cfg.loss(),
+        metrics=metrics,
+    )
     if resume is not None:
         _load_weights(model, Path(resume), optimizer=True)
 
@@ -127,20 +136,28 @@ def train(
         ),
         _PruneCheckpoints(out / "checkpoints", KEEP_CHECKPOINTS, monitor),
         keras.callbacks.EarlyStopping(
-            monitor=monitor, patience=cfg.callbacks_patience, restore_best_weights=True
-        ),
-        keras.callbacks.ReduceLROnPlateau(
             monitor=monitor,
-            factor=0.5,
-            patience=max(1, cfg.callbacks_patience // 2),
-            min_lr=cfg.model_lr / 100,
+            patience=cfg.callbacks_patience,
+            restore_best_weights=True,
+            start_from_epoch=math.ceil(cfg.callbacks_min_steps / steps),
         ),
         keras.callbacks.CSVLogger(str(out / LOG_NAME), append=resume is not None),
         _Montage(val_set if val_set is not None else train_set, out / "montages"),
     ]
+    if cfg.train_lr_schedule == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor,
+                factor=0.5,
+                patience=max(1, cfg.callbacks_patience // 2),
+                min_lr=cfg.model_lr / 100,
+            )
+        )
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard")))
-    model.fit(
+    budget = _TimeBudget(cfg.train_max_minutes)
+    callbacks.append(budget)
+    history = model.fit(
         train_set,
         validation_data=val_set,
         epochs=cfg.train_max_epochs,
@@ -151,7 +168,120 @@ def train(
     path = out / MODEL_NAME
     with atomic_output(path) as partial:
         model.save(partial)
+    summary = _summary(history.history, budget, train_set.warnings)
+    _write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    for line in summary["warnings"]:
+        warnings.warn(f"training: {line}", UserWarning, stacklevel=2)
     return path
+
+
+def _pretrained_path(cfg: TrainConfig) -> Path:
+    """The weights file of ``train_pretrained_weights`` (a path or a built-in model)."""
+    if cfg.builtin_weights is not None:
+        from ..models import builtin_weights
+
+        return builtin_weights(cfg.builtin_weights)[0]
+    assert cfg.train_pretrained_weights is not None
+    return Path(cfg.train_pretrained_weights)
+
+
+def _freeze(model: Any, cfg: TrainConfig) -> None:
+    """Layers that fine-tuning leaves as they are.
+
+    - The batch-norm layers of a built-in model: its weights come from the ONNX export,
+      where each batch norm is folded into the convolution before it, so only inference
+      mode (moving statistics) reproduces the model; with a few frames per batch,
+      batch statistics would be noise anyway.
+    - With ``model_train_decoder_only``, the encoder (every ``enc*`` and ``down*``
+      layer): the decoder and the bottleneck learn, on the pretrained features.
+    """
+    for layer in model.layers:
+        if cfg.builtin_weights is not None and isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+        if cfg.model_train_decoder_only and layer.name.startswith(("enc", "down")):
+            layer.trainable = False
+
+
+def _learning_rate(cfg: TrainConfig, steps_per_epoch: int) -> Any:
+    """``model_lr``, or for ``train_lr_schedule: "cosine"`` a linear warm-up over
+    ``train_warmup_steps`` to it, then a cosine decay to 1 % of it over the run."""
+    if cfg.train_lr_schedule == "plateau":
+        return cfg.model_lr
+    total = cfg.train_max_epochs * steps_per_epoch
+    warmup = min(cfg.train_warmup_steps, total - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg.model_lr / 100 if warmup else cfg.model_lr,
+        decay_steps=max(1, total - warmup),
+        alpha=0.01,
+        warmup_target=cfg.model_lr if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+#: Validation Dice this far below training Dice at the best epoch is worth a warning,
+#: once the run has had this many epochs and learned something (training Dice > 0.5).
+DICE_GAP = 0.2
+MIN_EPOCHS_JUDGED = 3
+
+
+def _summary(
+    history: dict[str, list[float]], budget: _TimeBudget, found: list[str]
+) -> dict[str, Any]:
+    """What the run did, for ``summary.json`` and the command's last lines."""
+    warned = list(found)
+    loss = history.get("val_loss") or history.get("loss") or []
+    best = int(np.argmin(loss)) if loss else None
+    train_dice = _at(history, "dice_coefficient", best)
+    val_dice = _at(history, "val_dice_coefficient", best)
+    judged = len(loss) >= MIN_EPOCHS_JUDGED and train_dice is not None and train_dice > 0.5
+    if judged and val_dice is not None and val_dice < train_dice - DICE_GAP:  # type: ignore[operator]
+        warned.append(
+            f"validation Dice {val_dice:.3f} stays far below training Dice {train_dice:.3f}: "
+            "check that the validation frames are normalized and labelled like the training "
+            "frames (and, with batch norm, that batches are not too small)"
+        )
+    return {
+        "epochs": len(loss),
+        "steps": budget.steps,
+        "minutes": round(budget.minutes, 2),
+        "stopped_by_time": budget.stopped,
+        "best_epoch": None if best is None else best + 1,
+        "train_dice": train_dice,
+        "val_dice": val_dice,
+        "warnings": warned,
+    }
+
+
+def _at(history: dict[str, list[float]], key: str, index: int | None) -> float | None:
+    values = history.get(key) or history.get(f"mask_{key}")
+    if not values or index is None:
+        return None
+    return round(float(values[min(index, len(values) - 1)]), 4)
+
+
+class _TimeBudget(keras.callbacks.Callback):
+    """Stops the run cleanly after ``minutes`` of training (``train_max_minutes``): the
+    current step ends, the best weights are restored and saved as usual."""
+
+    def __init__(self, minutes: float | None) -> None:
+        super().__init__()
+        self.limit = None if minutes is None else minutes * 60.0
+        self.steps = 0
+        self.stopped = False
+        self._start = time.monotonic()
+
+    @property
+    def minutes(self) -> float:
+        return (time.monotonic() - self._start) / 60.0
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._start = time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.steps += 1
+        if self.limit is not None and time.monotonic() - self._start >= self.limit:
+            self.stopped = True
+            self.model.stop_training = True
 
 
 def _checkpoint_epoch(path: Path) -> int:
