@@ -441,7 +441,7 @@ def test_validation_frames_are_whole_normalized_frames_cropped_to_the_alignment(
 
 
 def test_build_datasets_excludes_from_training_only(tmp_path: Path) -> None:
-    from unetrt.train.config import load_config
+    from unetrt.train.config import MIN_STEPS_PER_EPOCH, load_config
 
     labels = [_labels((16, 24), s) for s in range(6)]
     _write_folder(
@@ -458,7 +458,7 @@ def test_build_datasets_excludes_from_training_only(tmp_path: Path) -> None:
          "datagen_dim_size": [8, 8], "datagen_batch_size": 2, "model_pools": 2}
     )  # fmt: skip
     train, val = build_datasets(config)
-    assert train.frames == 4 and len(train) == 2
+    assert train.frames == 4 and len(train) == MIN_STEPS_PER_EPOCH  # one pass: 2 batches
     assert isinstance(val, FrameDataset) and val.frames == 2
     assert val[0][0].shape == (1, 16, 24, 1)
     split = load_config({**config.to_dict(), "data_val_images": None, "data_val_masks": None,
