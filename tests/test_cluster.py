@@ -233,3 +233,31 @@ def test_an_unreachable_scheduler_is_one_clear_line(unet_path: Path, tmp_path: P
     assert result.returncode == 1
     assert result.stderr.startswith("unetrt: error: cannot reach the Dask scheduler")
     assert "Traceback" not in result.stderr
+
+
+def test_the_output_may_not_be_the_input(unet_path: Path, tmp_path: Path) -> None:
+    (video, *_) = _videos(tmp_path)
+    before = video.read_bytes()
+    command = [sys.executable, "-m", "unetrt", "segment", str(video), "--model", str(unet_path)]
+    command += ["-o", str(video), "--scheduler", "tcp://127.0.0.1:1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert video.read_bytes() == before
+    with Segmenter(unet_path) as seg:  # the check is the client's, before any work
+        from unetrt.cluster import _Run
+
+        run = _Run(None, seg, 1, False, None)
+        assert run._open(video, video) is None
+    assert "overwrite the input" in run.failed[0][1]
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "foo://x:1"])
+def test_a_malformed_scheduler_address_is_one_line(
+    unet_path: Path, tmp_path: Path, address: str
+) -> None:
+    (video, *_) = _videos(tmp_path)
+    command = [sys.executable, "-m", "unetrt", "segment", str(video), "--model", str(unet_path)]
+    result = subprocess.run([*command, "--scheduler", address], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.startswith("unetrt: error: cannot reach the Dask scheduler")
+    assert "Traceback" not in result.stderr

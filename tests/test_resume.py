@@ -180,3 +180,65 @@ def test_resumed_tiff_continues_in_order(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="after 0"):
         out.write(np.zeros((16, 16), np.uint8), 2)
     out.abort()
+
+
+def test_ctrl_c_while_resuming_keeps_the_earlier_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frames = np.random.default_rng(2).integers(0, 256, (6, 16, 16), dtype=np.uint8)
+    out = tmp_path / "m.tif"
+    writer = _stack_writer(out, run={"k": 1}, resume=True)
+    for frame in frames[:4]:
+        writer.write(frame)
+    writer.suspend()
+    import unetrt.io.writer as writer_module
+
+    def interrupted(path: Path):  # Ctrl-C after the first frame is copied
+        yield from list(complete_frames(path))[:1]
+        raise KeyboardInterrupt
+
+    from unetrt.io.follow import complete_frames
+
+    monkeypatch.setattr(writer_module, "complete_frames", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _stack_writer(out, run={"k": 1}, resume=True)
+    monkeypatch.undo()
+    with _stack_writer(out, run={"k": 1}, resume=True) as again:
+        assert again.resumed == 4  # nothing lost to the interrupted copy
+        for i in range(4, 6):
+            again.write(frames[i], i)
+    np.testing.assert_array_equal(tifffile.imread(out), frames)
+
+
+def test_an_output_that_fails_to_open_leaves_the_other_resumable(
+    slow_model: Path, video: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "masks.tif"
+    _kill_partway(_command(slow_model, video, out), out, 10)
+    partial = resumable_partial_path(out)
+    size = partial.stat().st_size
+    with Segmenter(slow_model) as seg, pytest.raises(OutputError, match="does not exist"):
+        seg.segment(video, out, probabilities=tmp_path / "typo" / "p.tif", resume=True)
+    assert partial.stat().st_size >= size  # still there to resume
+    with Segmenter(slow_model) as seg:
+        summary = seg.segment(video, out, resume=True, progress=False)
+    assert summary.frames < FRAMES
+
+
+def test_a_zarr_partial_killed_while_being_created_starts_anew(tmp_path: Path) -> None:
+    pytest.importorskip("zarr", reason="OME-Zarr needs unetrt[zarr]")
+    from unetrt.io import ZarrWriter
+
+    out = tmp_path / "m.ome.zarr"
+    first = ZarrWriter(out, frame_shape=(8, 8), dtype=np.uint8, n_frames=2, run={"k": 1})
+    first.suspend()
+    (resumable_partial_path(out) / "0" / ".zarray").write_text('{"half')  # torn metadata
+    frames = np.arange(128, dtype=np.uint8).reshape(2, 8, 8)
+    with ZarrWriter(
+        out, frame_shape=(8, 8), dtype=np.uint8, n_frames=2, run={"k": 1}, resume=True
+    ) as again:
+        assert again.resumed == 0
+        for frame in frames:
+            again.write(frame)
+    with open_frames(out) as masks:
+        np.testing.assert_array_equal(np.stack(list(masks)), frames)

@@ -111,14 +111,15 @@ def _client(scheduler: str) -> Iterator[Any]:
     with ExitStack() as stack:
         if scheduler == LOCAL:
             cluster = stack.enter_context(
-                distributed.LocalCluster(dashboard_address=None, silence_logs=logging.ERROR)
+                # Worker errors reach the user as one line per video, not as worker logs.
+                distributed.LocalCluster(dashboard_address=None, silence_logs=logging.CRITICAL)
             )
             address = cluster.scheduler_address
         else:
             address = scheduler
         try:
             client = stack.enter_context(distributed.Client(address, timeout=_CONNECT_TIMEOUT))
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:  # OSError, TimeoutError, ValueError for a bad address...
             raise ConfigError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
         if not client.nthreads():
             raise ConfigError(f"the Dask cluster at {address} has no workers")
@@ -162,6 +163,7 @@ class _Run:
         self.done: list[tuple[str, SegmentSummary]] = []  # (input, summary)
         self.failed: list[tuple[str, str]] = []
         self.inflight: dict[Any, tuple[_Video, int]] = {}
+        self.waiting = 0  # TIFF units done but not yet written (behind an earlier one)
         self.open: list[_Video] = []  # videos with outputs open
 
     def go(self, jobs: list[tuple[str | os.PathLike[str], Path]]) -> None:
@@ -171,7 +173,7 @@ class _Run:
         results = distributed.as_completed()
         try:
             while True:
-                while len(self.inflight) < self.window:
+                while len(self.inflight) + self.waiting < self.window:
                     if not queue:
                         job = next(pending, None)
                         if job is None:
@@ -194,6 +196,7 @@ class _Run:
                     entry[0].futures.discard(future)
                     self._collect(*entry, future)
         except BaseException as exc:  # Ctrl-C: resumable outputs keep what is done
+            self.client.cancel(list(self.inflight))
             for video in self.open:
                 for out in video.outputs:
                     out.__exit__(type(exc), exc, exc.__traceback__)
@@ -202,6 +205,8 @@ class _Run:
 
     def _open(self, source: str | os.PathLike[str], output: Path) -> _Video | None:
         """Open a video and its output; a video with nothing left to do is finished."""
+        from .segmenter import check_outputs
+
         name = os.fspath(source)
         try:
             src = open_frames(source)
@@ -209,10 +214,11 @@ class _Run:
             self.failed.append((name, str(exc)))
             return None
         try:
+            check_outputs(src.path, output, None)
             check_shape(src.frame_shape, self.seg.contract.channels)
             stats = self.seg.stack_statistics(src)
             out = self.seg.open_output(src, output, "masks", self.resume)
-        except UnetrtError as exc:
+        except (UnetrtError, ValueError) as exc:
             src.close()
             self.failed.append((name, str(exc)))
             return None
@@ -250,16 +256,18 @@ class _Run:
         try:
             if video.zarr_partial is None:  # TIFF: write the units in order
                 video.waiting[i] = masks
+                self.waiting += 1
                 while video.written in video.waiting:
                     start = video.units[video.written].start
                     for k, mask in enumerate(video.waiting.pop(video.written)):
                         video.outputs[0].write(mask, start + k)
+                    self.waiting -= 1
                     video.written += 1
             video.finished += 1
             self.bar.update(len(unit))
             if video.finished == len(video.units):
                 self._finish(video)
-        except UnetrtError as exc:
+        except (UnetrtError, ValueError) as exc:
             self._fail(video, str(exc))
 
     def _finish(self, video: _Video) -> None:
@@ -269,7 +277,7 @@ class _Run:
         try:
             for out in video.outputs:
                 out.close()
-        except UnetrtError as exc:
+        except (UnetrtError, ValueError) as exc:
             video.src.close()
             self.failed.append((video.source, str(exc)))
             return
@@ -280,7 +288,10 @@ class _Run:
 
     def _fail(self, video: _Video, message: str) -> None:
         video.failed = True
-        self.open.remove(video)
+        self.waiting -= len(video.waiting)
+        video.waiting.clear()
+        if video in self.open:
+            self.open.remove(video)
         for future in video.futures:
             self.inflight.pop(future, None)
             future.cancel()
@@ -297,7 +308,12 @@ _segmenters_lock = threading.Lock()
 
 def _worker_segmenter(spec: SegmenterSpec) -> tuple[Segmenter, threading.Lock]:
     """This worker's Segmenter for `spec`, built once; its threads are the worker's."""
-    key = repr(spec)
+    model = Path(spec.model)
+    try:  # a model file retrained in place is a new model for a long-lived worker
+        info = model.stat()
+        key = f"{spec!r} {info.st_size} {info.st_mtime_ns}"
+    except OSError:
+        key = repr(spec)  # a built-in name; a missing file fails in build() below
     with _segmenters_lock:
         if key not in _segmenters:
             if spec.threads is None:

@@ -555,7 +555,7 @@ class Segmenter:
         with opened as src:
             out_path = out_given if out_given is not None else default_output(src.path, format)
             prob_path = Path(probabilities) if probabilities is not None else None
-            _check_outputs(src.path, out_path, prob_path)
+            check_outputs(src.path, out_path, prob_path)
             if isinstance(src, FollowedFrames):
                 src.wait_first()  # the frame shape the writers need
                 total = None
@@ -568,11 +568,11 @@ class Segmenter:
             with ExitStack() as writers:
                 # Outputs open before the progress bar, so that a bad path fails cleanly;
                 # each is renamed into place only if the whole run succeeds.
-                outputs = [
-                    writers.enter_context(self.open_output(src, path, kind, resume, frames))
-                    for path, kind in ((out_path, "masks"), (prob_path, "probabilities"))
-                    if path is not None
-                ]
+                outputs = self._open_outputs(
+                    src, [(out_path, "masks"), (prob_path, "probabilities")], resume, frames
+                )
+                for out in outputs:
+                    writers.enter_context(out)
                 wanted = None if total is None else [missing_frames(out) for out in outputs]
                 todo = None if wanted is None else sorted(set().union(*wanted))
                 if stream is None:
@@ -690,6 +690,26 @@ class Segmenter:
             name=kind,
         )
 
+    def _open_outputs(
+        self,
+        src: FrameSource | FollowedFrames,
+        wanted: list[tuple[Path | None, str]],
+        resume: bool,
+        frames: slice | None,
+    ) -> list[ResumableOutput]:
+        """Open every output or none: one that fails to open (a typo in its folder)
+        leaves the others' earlier partial outputs as they were, to resume."""
+        opened: list[ResumableOutput] = []
+        try:
+            for path, kind in wanted:
+                if path is not None:
+                    opened.append(self.open_output(src, path, kind, resume, frames))
+        except BaseException:
+            for out in opened:
+                out.suspend() if resume else out.abort()
+            raise
+        return opened
+
     def run_settings(
         self, src: FrameSource | FollowedFrames, kind: str, frames: slice | None = None
     ) -> dict[str, Any]:
@@ -702,10 +722,13 @@ class Segmenter:
 
         def identity(path: Path) -> list[Any]:
             try:
-                info = path.stat()
+                files = [path] if not path.is_dir() else [p for p in path.rglob("*") if p.is_file()]
+                stats = [f.stat() for f in files]  # a Zarr store: every chunk file counts
             except OSError:
                 return [os.fspath(path)]
-            return [os.path.abspath(path), info.st_size, info.st_mtime_ns]
+            size = sum(st.st_size for st in stats)
+            newest = max((st.st_mtime_ns for st in stats), default=0)
+            return [os.path.abspath(path), len(stats), size, newest]
 
         return {
             "output": kind,
@@ -815,7 +838,8 @@ def count_frames(sources: Sequence[str | os.PathLike[str]]) -> int:
     return total
 
 
-def _check_outputs(source: Path, output: Path, probabilities: Path | None) -> None:
+def check_outputs(source: Path, output: Path, probabilities: Path | None) -> None:
+    """Refuse outputs that would overwrite the input, or each other."""
     src = Path(source).resolve()
     for path in (output, probabilities):
         if path is not None and path.resolve() == src:

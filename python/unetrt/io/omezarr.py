@@ -102,6 +102,8 @@ class _ZarrStack(FrameSource):
         channels = sizes.get("c", 1)
         self.frame_shape = (sizes["y"], sizes["x"]) + ((channels,) if channels > 1 else ())
         self.axes = "".join(a.upper() for a in axes if sizes[a] > 1 or a in "yx")
+        if sizes.get("t", 1) == 0:
+            raise InputError(f"{path} holds no frames (its t axis has length 0)")
         self._array = array
         self._axes = axes
         super().__init__(sizes.get("t", 1), frames)
@@ -175,8 +177,9 @@ class ZarrWriter(ResumableOutput):
         self._record = RunRecord(self.path, self.partial, dict(run or {}))
         self._done: set[int] = set()
         try:
-            if resume and self._record.matches and (self.partial / _LEVEL).is_dir():
-                self._array = zarr.open_array(self.partial / _LEVEL, mode="r+")
+            earlier = self._earlier(zarr) if resume and self._record.matches else None
+            if earlier is not None:
+                self._array = earlier
                 self._done = _recorded(self.partial)
             else:
                 shutil.rmtree(self.partial, ignore_errors=True)
@@ -185,9 +188,24 @@ class ZarrWriter(ResumableOutput):
         except OSError as exc:
             self._record.release()
             raise OutputError(f"cannot write to {self.path}: {exc.strerror or exc}") from exc
+        except BaseException:
+            self._record.release()
+            raise
         self.resumed = len(self._done)
         self._next = 0
         self._open = True
+
+    def _earlier(self, zarr: Any) -> Any:
+        """The level-0 array of the killed run's partial image, if it is whole enough to
+        continue (a run killed while creating it leaves one that is not); else None."""
+        try:
+            array = zarr.open_array(self.partial / _LEVEL, mode="r+")
+        except Exception:  # missing or half-written metadata: begin anew
+            return None
+        if array.shape[1:] != _array_shape(self.frame_shape, 0)[1:] or array.dtype != self.dtype:
+            return None
+        (self.partial / _DONE).mkdir(exist_ok=True)
+        return array
 
     @property
     def frames_written(self) -> int:
@@ -237,16 +255,19 @@ class ZarrWriter(ResumableOutput):
             raise ValueError(f"{missing or 'all'} frames of {self.path} were not written")
         self._open = False
         try:
-            shutil.rmtree(self.partial / _DONE, ignore_errors=True)
             _replace_folder(self.partial, self.path)
         except OSError as exc:
             raise OutputError(f"cannot write to {self.path}: {exc.strerror or exc}") from exc
         finally:
             self._record.release()
+        # After the rename: a kill before it leaves a partial image that still resumes.
+        shutil.rmtree(self.path / _DONE, ignore_errors=True)
 
     def abort(self) -> None:
         """Discard the partial image; `path` is left as it was."""
         self._open = False
+        if not self._record.held:  # closed or suspended already
+            return
         shutil.rmtree(self.partial, ignore_errors=True)
         self._record.release()
 
@@ -279,10 +300,8 @@ def _create(
     from ome_zarr.format import FormatV04
     from ome_zarr.writer import write_multiscales_metadata
 
-    height, width = frame_shape[:2]
     axes = ["t", "y", "x"] if len(frame_shape) == 2 else ["t", "c", "y", "x"]
-    planes = () if len(frame_shape) == 2 else (frame_shape[2],)
-    shape = (n_frames or 0, *planes, height, width)
+    shape = _array_shape(frame_shape, n_frames or 0)
     group = zarr.open_group(partial, mode="w", zarr_format=2)
     array = group.create_array(
         _LEVEL,
@@ -302,6 +321,12 @@ def _create(
     )
     (partial / _DONE).mkdir()
     return array
+
+
+def _array_shape(frame_shape: tuple[int, ...], n_frames: int) -> tuple[int, ...]:
+    """The image array's shape: ``(t, y, x)``, or ``(t, c, y, x)`` for frames with channels."""
+    height, width = frame_shape[:2]
+    return (n_frames, *frame_shape[2:], height, width)
 
 
 def _recorded(partial: Path) -> set[int]:

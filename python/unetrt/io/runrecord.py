@@ -14,6 +14,7 @@ clear message instead of both writing the same partial file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Mapping
@@ -57,39 +58,77 @@ class RunRecord:
 
     def __init__(self, output: Path, partial: Path, settings: Mapping[str, Any]) -> None:
         self.path = record_path(partial)
+        self._output = output
         self._text = json.dumps(settings, sort_keys=True, default=str)
         try:
             self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise OutputError(f"cannot write to {output}: {exc.strerror or exc}") from exc
-        if fcntl is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self._fd)
-                self._fd = None
-                raise OutputError(
-                    f"another unetrt run is writing {output} now; wait for it to end or "
-                    "choose another output"
-                ) from None
-        with open(self._fd, closefd=False, encoding="utf-8") as handle:
-            self.matches = handle.read() == self._text
+        try:
+            _lock(self._fd, output)
+            with open(self._fd, closefd=False, encoding="utf-8", errors="replace") as handle:
+                self.matches = handle.read() == self._text
+        except BaseException:
+            os.close(self._fd)
+            self._fd = None
+            raise
+
+    @property
+    def held(self) -> bool:
+        """Whether this run still holds the record (not yet released)."""
+        return self._fd is not None
 
     def start(self) -> None:
-        """Record this run's settings: the partial output is begun anew."""
+        """Record this run's settings: the partial output is begun anew.
+
+        Raises:
+            OutputError: If the record cannot be written (the record is released).
+        """
         assert self._fd is not None
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, self._text.encode(), 0)
+        try:
+            os.ftruncate(self._fd, 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            os.write(self._fd, self._text.encode())
+        except OSError as exc:
+            self.release()
+            raise OutputError(f"cannot write to {self._output}: {exc.strerror or exc}") from exc
 
     def release(self, *, keep: bool = False) -> None:
         """Unlock; delete the record unless `keep` (a partial output left to resume)."""
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        if not keep:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-        os.close(fd)
+        if keep:
+            os.close(fd)
+            return
+        # Deleted while still locked, so that no other run takes a record on its way
+        # out; Windows deletes no open file, so there it is closed first.
+        if os.name == "nt":
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        if os.name != "nt":
+            os.close(fd)
+
+
+#: flock errors of file systems that do not lock (Lustre without -o flock, some NFS and
+#: FUSE mounts): the run goes on without the guard against a second writer.
+_NO_LOCKING = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
+
+
+def _lock(fd: int, output: Path) -> None:
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OutputError(
+            f"another unetrt run is writing {output} now; wait for it to end or "
+            "choose another output"
+        ) from None
+    except OSError as exc:
+        if exc.errno not in _NO_LOCKING:
+            raise OutputError(f"cannot lock {output}: {exc.strerror or exc}") from exc
 
 
 class ResumableOutput(Closeable):

@@ -146,12 +146,12 @@ class StackWriter(ResumableOutput):
         self._resumable = resume
         self._record = RunRecord(self.path, self._partial, dict(run or {}))
         aside = self._partial.with_name(self._partial.name + ".resumed")
-        earlier = self._earlier_frames(aside) if resume and self._record.matches else None
-        if earlier is None:  # begin anew: an earlier run's leftovers go
-            aside.unlink(missing_ok=True)
-            self._record.start()
         self._writer: tifffile.TiffWriter | None = None
         try:
+            earlier = self._earlier_frames(aside) if resume and self._record.matches else None
+            if earlier is None:  # begin anew: an earlier run's leftovers go
+                aside.unlink(missing_ok=True)
+                self._record.start()
             self._writer = tifffile.TiffWriter(self._partial, bigtiff=bigtiff)
             if earlier is not None:
                 with contextlib.closing(complete_frames(earlier)) as frames:
@@ -161,6 +161,12 @@ class StackWriter(ResumableOutput):
         except OSError as exc:
             self.abort()
             raise output_error(self.path, exc) from exc
+        except KeyboardInterrupt:  # the earlier frames stay where they are, to resume
+            if resume:
+                self.suspend()
+            else:
+                self.abort()
+            raise
         except BaseException:
             self.abort()
             raise
@@ -247,6 +253,8 @@ class StackWriter(ResumableOutput):
         self._stop(keep=True)
 
     def _stop(self, *, keep: bool) -> None:
+        if not self._record.held:  # closed or suspended already: nothing is ours to drop
+            return
         writer, self._writer = self._writer, None
         if writer is not None:
             # A failed flush does not matter: the file is deleted next, or resumed from
