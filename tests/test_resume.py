@@ -97,6 +97,7 @@ def test_a_killed_run_is_resumed_to_the_uninterrupted_result(
     assert result.returncode == 0, result.stderr
     segmented = int(result.stdout.split("segmented ")[1].split()[0])
     assert 0 < segmented <= FRAMES - FRAMES // 3 + 1  # only the missing frames (and a torn one)
+    assert f"({FRAMES - segmented} frames kept from the interrupted run)" in result.stdout
     with open_frames(out) as masks:
         np.testing.assert_array_equal(np.stack(list(masks)), expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # partial and record gone
@@ -160,7 +161,7 @@ def test_other_settings_start_anew(tmp_path: Path) -> None:
     writer.write(np.ones((16, 16), np.uint8))
     writer.suspend()
     again = _stack_writer(out, run={"model": "b"}, resume=True)  # another model
-    assert again.resumed == 0
+    assert again.resumed == 0 and again.replaced_other_settings
     again.abort()
     assert not resumable_partial_path(out).exists()
 

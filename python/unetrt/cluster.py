@@ -281,9 +281,13 @@ class _Run:
             video.src.close()
             self.failed.append((video.source, str(exc)))
             return
+        out = video.outputs[0]
         frames = sum(len(u) for u in video.units)
         seconds = time.perf_counter() - video.started
-        self.done.append((video.source, SegmentSummary(frames, seconds, video.outputs[0].path)))
+        summary = SegmentSummary(
+            frames, seconds, out.path, None, out.resumed, out.replaced_other_settings
+        )
+        self.done.append((video.source, summary))
         video.src.close()
 
     def _fail(self, video: _Video, message: str) -> None:

@@ -83,6 +83,10 @@ class SegmentSummary:
     seconds: float
     output: Path
     probabilities: Path | None = None
+    #: Frames kept from a killed run's partial output (``resume``).
+    resumed: int = 0
+    #: ``resume`` found a partial output made with other settings and replaced it.
+    restarted: bool = False
 
     @property
     def frames_per_second(self) -> float:
@@ -90,9 +94,12 @@ class SegmentSummary:
         return self.frames / self.seconds if self.seconds > 0 else float("inf")
 
     def __str__(self) -> str:
+        kept = f" ({self.resumed} frames kept from the interrupted run)" if self.resumed else ""
+        if self.restarted:
+            kept = " (the earlier partial output had other settings: started anew)"
         return (
             f"segmented {self.frames} frames in {self.seconds:.1f} s "
-            f"({self.frames_per_second:.2f} frames/s) -> {self.output}"
+            f"({self.frames_per_second:.2f} frames/s) -> {self.output}{kept}"
         )
 
 
@@ -586,11 +593,14 @@ class Segmenter:
                 count, failure = self._write_masks(
                     src, stream, outputs, wanted, todo, progress, follow=follow, bar=_bar
                 )
+                resumed = outputs[0].resumed
+                restarted = outputs[0].replaced_other_settings
         if failure is not None:  # the input broke while being followed
             raise InputError(
                 f"{failure}; the masks of the {count} frames before were kept in {out_path}"
             ) from failure
-        return SegmentSummary(count, time.perf_counter() - started, out_path, prob_path)
+        seconds = time.perf_counter() - started
+        return SegmentSummary(count, seconds, out_path, prob_path, resumed, restarted)
 
     def segment_many(
         self,

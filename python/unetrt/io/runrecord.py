@@ -50,6 +50,7 @@ class RunRecord:
     Attributes:
         matches: Whether an earlier run's record says the same settings, i.e. whether
             its partial output may be continued.
+        differs: Whether an earlier run's record says other settings.
 
     Raises:
         OutputError: If another run is writing the same output now, or the record
@@ -67,7 +68,10 @@ class RunRecord:
         try:
             _lock(self._fd, output)
             with open(self._fd, closefd=False, encoding="utf-8", errors="replace") as handle:
-                self.matches = handle.read() == self._text
+                earlier = handle.read()
+            self.matches = earlier == self._text
+            #: An earlier run's record with other settings (its partial output is replaced).
+            self.differs = bool(earlier) and not self.matches
         except BaseException:
             os.close(self._fd)
             self._fd = None
@@ -138,8 +142,14 @@ class ResumableOutput(Closeable):
 
     path: Path
     _resumable: bool = False
+    _record: RunRecord
     #: Frames kept from the earlier run.
     resumed: int = 0
+
+    @property
+    def replaced_other_settings(self) -> bool:
+        """Whether resuming found a partial output made with other settings (replaced)."""
+        return self._resumable and self._record.differs
 
     def missing(self) -> list[range]:
         """The frames still to write, as ranges."""
