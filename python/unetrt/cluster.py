@@ -111,8 +111,9 @@ def _client(scheduler: str) -> Iterator[Any]:
     with ExitStack() as stack:
         if scheduler == LOCAL:
             cluster = stack.enter_context(
-                # Worker errors reach the user as one line per video, not as worker logs.
-                distributed.LocalCluster(dashboard_address=None, silence_logs=logging.CRITICAL)
+                # Worker errors reach the user as one line per video, not as worker logs;
+                # the web server on a free port, not 8787, which another cluster may hold.
+                distributed.LocalCluster(dashboard_address=":0", silence_logs=logging.CRITICAL)
             )
             address = cluster.scheduler_address
         else:
