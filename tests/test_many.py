@@ -99,3 +99,12 @@ def test_one_input_flags_refuse_several(model: Path, tmp_path: Path) -> None:
     for flag in (["--frames", "0:1"], ["--probabilities", str(tmp_path / "p.tif")]):
         result = _segment(videos[0][0], videos[1][0], "--model", model, *flag)
         assert result.returncode == 1 and "takes one input; got 2 inputs" in result.stderr
+
+
+def test_an_output_that_is_another_input_is_refused(model: Path, tmp_path: Path) -> None:
+    (a, _), (b, _), _ = _videos(tmp_path)
+    other = tmp_path / "a_mask.tif"  # an input named like a's mask output
+    other.write_bytes(b.read_bytes())
+    with Segmenter(model) as seg, pytest.raises(OutputError, match="would overwrite the input"):
+        seg.segment_many([a, other], progress=False)
+    assert other.read_bytes() == b.read_bytes()

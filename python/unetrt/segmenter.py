@@ -651,6 +651,13 @@ class Segmenter:
                 "two inputs would write the same mask file (same name); give them "
                 "different names or segment them one at a time with -o"
             )
+        inputs = {Path(s).resolve() for s in sources}
+        for source, output in zip(sources, outputs, strict=True):
+            if output.resolve() in inputs:
+                raise OutputError(
+                    f"the masks of {source} would overwrite the input {output}; write them "
+                    "to another folder with -o"
+                )
         if scheduler is not None:
             from .cluster import segment_on_cluster
 
