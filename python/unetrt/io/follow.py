@@ -637,7 +637,7 @@ class _StackFollower(_Follower):
         self._complete: deque[_Page] = deque()  # complete frame pages not yet read
         self._channels: int | None = None  # pages per frame, from page 0's metadata
         self._tif: tifffile.TiffFile | None = None
-        self._tif_file: io.BufferedReader | None = None
+        self._tif_file: io.FileIO | None = None
         self._tif_size = 0
 
     def poll(self) -> bool:
@@ -779,8 +779,10 @@ class _StackFollower(_Follower):
             )
         self._close_tif()
         # A fresh reader, not a dup of our descriptor: that would share its file position.
+        # Unbuffered: a buffer filled while a later page was half written would hand
+        # tifffile those stale bytes when that page is read (the OS cache is coherent).
         try:
-            reader = open(self.path, "rb")  # noqa: SIM115 - closed in _close_tif()
+            reader = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed in _close_tif()
         except OSError as exc:
             raise InputError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
         info = os.fstat(reader.fileno())
