@@ -40,7 +40,7 @@ from pathlib import Path
 import distributed
 import numpy as np
 import onnxruntime as ort
-import tifffile
+from bench_segment import write_stack  # the same synthetic video (run from benchmarks/)
 
 from unetrt import Segmenter
 from unetrt.cluster import MAX_UNIT_FRAMES, unit_size
@@ -73,19 +73,6 @@ class Row:
 def spread(times: list[float]) -> str:
     """How far the slowest run lies above the best, in percent."""
     return f"{(max(times) / min(times) - 1) * 100:.0f}%" if len(times) > 1 else "-"
-
-
-def write_stack(path: Path, frames: int, size: int, seed: int = 0) -> None:
-    """A synthetic uint16 time-lapse: a moving bright disc on noise, written frame by frame."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    base = rng.integers(800, 1200, (size, size), dtype=np.uint16)
-    with tifffile.TiffWriter(path, bigtiff=frames * size * size * 2 > 2**31) as tw:
-        for t in range(frames):
-            frame = base.copy()
-            cy, cx = (size // 2 + 40 * np.sin(t / 10 + seed), size // 2 + 40 * np.cos(t / 10))
-            frame[(yy - cy) ** 2 + (xx - cx) ** 2 < (size // 8) ** 2] += 3000
-            tw.write(frame, contiguous=True)
 
 
 def model_alone(seg: Segmenter, sources: list[Path], threads: int) -> float:

@@ -48,7 +48,7 @@ def write_stack(path: Path, frames: int, size: int, seed: int = 0) -> None:
     with tifffile.TiffWriter(path, bigtiff=frames * size * size * 2 > 2**31) as tw:
         for t in range(frames):
             frame = base.copy()
-            cy, cx = (size // 2 + 40 * np.sin(t / 10), size // 2 + 40 * np.cos(t / 10))
+            cy, cx = (size // 2 + 40 * np.sin(t / 10 + seed), size // 2 + 40 * np.cos(t / 10))
             frame[(yy - cy) ** 2 + (xx - cx) ** 2 < (size // 8) ** 2] += 3000
             tw.write(frame, contiguous=True)
 

@@ -29,6 +29,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -170,7 +171,7 @@ class _Run:
     def go(self, jobs: list[tuple[str | os.PathLike[str], Path]]) -> None:
         distributed = require("distributed", "dask")
         pending = iter(jobs)
-        queue: list[tuple[_Video, int]] = []  # units of the video being submitted
+        queue: deque[tuple[_Video, int]] = deque()  # units of the video being submitted
         results = distributed.as_completed()
         try:
             while True:
@@ -181,9 +182,9 @@ class _Run:
                             break
                         video = self._open(*job)
                         if video is not None:
-                            queue = [(video, i) for i in range(len(video.units))]
+                            queue = deque((video, i) for i in range(len(video.units)))
                         continue
-                    video, i = queue.pop(0)
+                    video, i = queue.popleft()
                     if not video.failed:
                         future = self._submit(video, i)
                         self.inflight[future] = (video, i)

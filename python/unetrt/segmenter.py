@@ -723,7 +723,10 @@ class Segmenter:
                     opened.append(self.open_output(src, path, kind, resume, frames))
         except BaseException:
             for out in opened:
-                out.suspend() if resume else out.abort()
+                if resume:
+                    out.suspend()
+                else:
+                    out.abort()
             raise
         return opened
 
