@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -160,6 +161,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             resume=args.resume,
             format=args.format,
         )
+    if args.follow:  # the masks are kept: a late second Ctrl-C must not look like a failure
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not args.quiet:
         print(summary)
     return 0

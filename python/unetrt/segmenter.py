@@ -573,6 +573,10 @@ class Segmenter:
             assert src.frame_shape is not None
             check_shape(src.frame_shape, self.contract.channels)
             with ExitStack() as writers:
+                if isinstance(src, FollowedFrames):
+                    # Entered first, left last: a Ctrl-C pressed while the outputs are
+                    # being finished still ends following gently, keeping the masks.
+                    writers.enter_context(_ctrl_c_stops(src))
                 # Outputs open before the progress bar, so that a bad path fails cleanly;
                 # each is renamed into place only if the whole run succeeds.
                 outputs = self._open_outputs(
@@ -786,8 +790,6 @@ class Segmenter:
             assert isinstance(src, FrameSource)
             frames, indices = (src.read(i) for i in todo), todo
         with ExitStack() as stack:
-            if isinstance(src, FollowedFrames):
-                stack.enter_context(_ctrl_c_stops(src))
             if bar is None:
                 total = None if todo is None else len(todo)
                 bar = stack.enter_context(_progress(total, progress, src.name))
