@@ -2,14 +2,21 @@
 
 Written for obviousness, not speed: normalize the whole frame, ``np.pad`` it
 (reflect, bottom/right), slice the windows, copy the cores or add weighted windows.
+Also the ConvLSTM step model of `unetrt.testing` recomputed from its weights, one step
+(`convlstm_step_reference`), a video in stream mode and a frame in window mode.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from unetrt.normalize import Affine
 from unetrt.tiling import TilePlan
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def apply_affine(frame: np.ndarray, affine: Affine) -> np.ndarray:
@@ -84,3 +91,100 @@ def taper_weights(tile_h: int, tile_w: int) -> np.ndarray:
         return g / g.max()
 
     return np.maximum(np.outer(gaussian(tile_h), gaussian(tile_w)), 1e-3).astype(np.float32)
+
+
+# --- The ConvLSTM step model (`unetrt.testing.convlstm_step_model`), in float64. ---
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+
+
+def _conv_same(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cross-correlation of (C, H, W) with (O, C, k, k) weights, zero 'same' padding."""
+    k = w.shape[2]
+    r = (k - 1) // 2
+    _, height, width = x.shape
+    padded = np.pad(x, ((0, 0), (r, r), (r, r)))
+    out = np.zeros((w.shape[0], height, width))
+    for dy in range(k):
+        for dx in range(k):
+            window = padded[:, dy : dy + height, dx : dx + width]
+            out += np.einsum("oc,chw->ohw", w[:, :, dy, dx], window)
+    return out + b[:, None, None]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def convlstm_step_reference(
+    model: onnx.ModelProto, frame: np.ndarray, h: np.ndarray, c: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One step of the ConvLSTM step model, from its initializers, without onnxruntime.
+
+    Args:
+        model: The ``onnx.ModelProto`` (either layout; the weights are the same).
+        frame: (H, W), H and W even.
+        h: Hidden state (H/2, W/2, F).
+        c: Cell state (H/2, W/2, F).
+
+    Returns:
+        ``(mask (H, W), h_new (H/2, W/2, F), c_new (H/2, W/2, F))`` in float64.
+    """
+    p = _initializers(model)
+    frame = np.asarray(frame, np.float64)
+    height, width = frame.shape
+    x = frame[None]
+    hc = np.asarray(h, np.float64).transpose(2, 0, 1)
+    cc = np.asarray(c, np.float64).transpose(2, 0, 1)
+    f = hc.shape[0]
+    e = np.maximum(_conv_same(x, p["encoder.weight"], p["encoder.bias"]), 0.0)
+    pooled = e.reshape(f, height // 2, 2, width // 2, 2).max(axis=(2, 4))
+    gates = _conv_same(np.concatenate([pooled, hc]), p["gates.weight"], p["gates.bias"])
+    i, fg, g, o = np.split(gates, 4)
+    c_new = _sigmoid(fg) * cc + _sigmoid(i) * np.tanh(g)
+    h_new = _sigmoid(o) * np.tanh(c_new)
+    # ConvTranspose 2x2 stride 2: out[o, 2y + a, 2x + b] = sum_c h[c, y, x] w[c, o, a, b].
+    w_up = p["up.weight"]
+    u = np.einsum("cyx,coab->oyaxb", h_new, w_up).reshape(w_up.shape[1], height, width)
+    u += p["up.bias"][:, None, None]
+    d = np.maximum(_conv_same(np.concatenate([u, e]), p["decoder.weight"], p["decoder.bias"]), 0)
+    mask = _sigmoid(_conv_same(d, p["head.weight"], p["head.bias"]))[0]
+    return mask, h_new.transpose(1, 2, 0), c_new.transpose(1, 2, 0)
+
+
+def _zero_state(model: onnx.ModelProto, frame: np.ndarray) -> np.ndarray:
+    filters = _initializers(model)["encoder.weight"].shape[0]
+    return np.zeros((frame.shape[0] // 2, frame.shape[1] // 2, filters))
+
+
+def run_video_reference(
+    model: onnx.ModelProto, frames: list[np.ndarray], reset_every: int | None = None
+) -> list[np.ndarray]:
+    """Stream mode: step through ``frames`` from a zero state; the mask of each frame.
+
+    ``reset_every``: if given, the state is zeroed before frames ``0, n, 2n, ...``.
+    """
+    masks = []
+    h = c = _zero_state(model, frames[0])
+    for t, frame in enumerate(frames):
+        if reset_every is not None and t % reset_every == 0:
+            h = c = _zero_state(model, frame)
+        mask, h, c = convlstm_step_reference(model, frame, h, c)
+        masks.append(mask)
+    return masks
+
+
+def window_reference(
+    model: onnx.ModelProto, frames: list[np.ndarray], t: int, T: int
+) -> np.ndarray:
+    """Window mode: the mask of frame ``t`` after ``T`` steps from a zero state.
+
+    The clip is ``frames[max(t - T + 1 + k, 0)]`` for ``k`` in ``0 .. T - 1``: for
+    ``t < T - 1`` frame 0 repeated, then frames ``0 .. t``.
+    """
+    clip = [frames[max(t - T + 1 + k, 0)] for k in range(T)]
+    return run_video_reference(model, clip)[-1]

@@ -389,7 +389,9 @@ def test_info_default_and_the_list_of_builtin_models():
     assert info.returncode == 0, info.stderr
     report = json.loads(info.stdout)
     assert report["model"] == str(builtin_path("default"))
-    assert report["contract"] == load_contract(builtin_path("default")).to_dict()
+    stored = load_contract(builtin_path("default"))
+    assert stored is not None and stored.version == 1  # a version-1 contract still reads
+    assert report["contract"] == {**stored.to_dict(), "version": 2}
     assert set(report["inferred"].values()) == {"model contract"}
 
 

@@ -203,10 +203,54 @@ def test_convlstm_model_exports_as_window(tmp_path: Path) -> None:
     clip = {"cnn_name": "lstm_unet", "time_steps": 2, "model_lossfunction": "bce_dice"}
     keras_path = _save_model(tmp_path / "lstm", clip)
     frames = np.random.default_rng(3).integers(0, 256, (3, 20, 24), dtype=np.uint8)
-    contract = export(keras_path, tmp_path / "lstm.onnx", check_frames=frames)
-    assert (contract.temporal, contract.time_steps) == ("window", 2)
+    contract = export(keras_path, tmp_path / "lstm.onnx", check_frames=frames, window=True)
+    assert (contract.temporal, contract.time_steps, contract.states) == ("window", 2, ())
     dims = onnx.load(tmp_path / "lstm.onnx").graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [0, 2, 0, 0, 1]
+
+
+@pytest.mark.parametrize("position", ["bottleneck", "encoder"])
+def test_convlstm_model_exports_as_step_model(tmp_path: Path, position: str) -> None:
+    clip = {
+        "cnn_name": "lstm_unet",
+        "time_steps": 3,
+        "convlstm_position": position,
+        "model_lossfunction": "bce_dice",
+    }
+    keras_path = _save_model(tmp_path / "lstm", clip)
+    frames = np.random.default_rng(3).integers(0, 256, (6, 20, 24), dtype=np.uint8)
+    contract = export(keras_path, tmp_path / "step.onnx", check_frames=frames)
+    levels = [2] if position == "bottleneck" else [0, 1, 2]  # 2 pools: bottleneck is level 2
+    names = ["bottleneck" if lv == 2 else f"enc{lv}" for lv in levels]
+    assert contract.temporal == "stateful" and contract.time_steps == 3
+    assert [(x.input, x.output, x.channels, x.stride) for x in contract.states] == [
+        (f"{n}_convlstm_{s}", f"{n}_convlstm_{s}_next", 4 * 2**lv, 2**lv)
+        for n, lv in zip(names, levels, strict=True)
+        for s in "hc"
+    ]
+    proto = onnx.load(tmp_path / "step.onnx")
+    assert not {n.op_type for n in proto.graph.node} & {"Loop", "Scan"}
+    assert [i.name for i in proto.graph.input] == ["frame", *(x.input for x in contract.states)]
+    assert [o.name for o in proto.graph.output] == [
+        "mask",
+        *(x.output for x in contract.states),
+    ]
+    # Independently of export's own check: T steps from zero state == the Keras clip model,
+    # on a new clip of another size.
+    from unetrt.export import load_keras_model
+
+    model = load_keras_model(keras_path)
+    batch = np.random.default_rng(9).random((2, 3, 16, 28, 1), dtype=np.float32)
+    session = ort.InferenceSession(str(tmp_path / "step.onnx"), providers=["CPUExecutionProvider"])
+    states = {
+        x.input: np.zeros((2, 16 // x.stride, 28 // x.stride, x.channels), np.float32)
+        for x in contract.states
+    }
+    outputs = [o.name for o in proto.graph.output]
+    for t in range(3):
+        got = dict(zip(outputs, session.run(None, {"frame": batch[:, t], **states}), strict=True))
+        states = {x.input: got[x.output] for x in contract.states}
+    np.testing.assert_allclose(got["mask"], np.asarray(model(batch)), atol=1e-5)
 
 
 def test_check_with_real_frames_from_a_stack(tmp_path: Path) -> None:

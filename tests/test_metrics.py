@@ -38,6 +38,17 @@ def test_binary_metrics_by_hand() -> None:
     assert metrics.accuracy(PRED, TRUE) == 13 / 16
 
 
+def test_probability_difference_is_the_seeds_mean_absolute_error() -> None:
+    # |truth - p| over 4 pixels: truth (instance label 5 counts as 1) 1, 1, 0, 0.
+    probability = np.array([[0.75, 1.0], [0.5, 0.0]], np.float32)
+    truth = np.array([[5, 1], [0, 0]])
+    assert metrics.probability_difference(probability, truth) == 100 * (0.25 + 0 + 0.5 + 0) / 4
+    # On a binary prediction it is the binary pixel difference.
+    assert metrics.probability_difference(PRED.astype(np.float32), TRUE) == 100 * 3 / 16
+    with pytest.raises(InputError):
+        metrics.probability_difference(probability, truth[:1])
+
+
 def test_binary_foreground_is_any_positive_value() -> None:
     instances = TRUE * np.array([[1, 2, 3, 4]])  # instance labels 2 and 3
     assert metrics.dice(PRED.astype(bool), instances) == 4 / 7

@@ -53,6 +53,9 @@ def test_spec_round_trips_every_option(unet_path: Path) -> None:
         nan=0.0,
         queue_size=3,
         when_full="drop_oldest",
+        temporal=None,
+        reset_every=None,
+        window=None,
     )
     with Segmenter(unet_path, **options) as seg:
         spec = seg.spec

@@ -278,7 +278,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import describe, export
 
     contract = export(
-        args.model, args.output, config=args.config, check_frames=args.check_images, atol=args.atol
+        args.model,
+        args.output,
+        config=args.config,
+        check_frames=args.check_images,
+        atol=args.atol,
+        window=args.window,
     )
     if not args.quiet:
         print(f"exported {args.model} -> {args.output} (ONNX Runtime matches Keras)")
@@ -441,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="training configuration (default: config.json next to the model)"
     )
     ex.add_argument(
+        "--window",
+        action="store_true",
+        help="export a ConvLSTM model as its clip model (input: T frames) instead of the "
+        "step model (frame and states in, mask and new states out) that segment streams",
+    )
+    ex.add_argument(
         "--check-images",
         metavar="STACK",
         help="also compare ONNX Runtime and Keras on the first frames of this stack or folder",
@@ -471,7 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Segmenter options of `_add_engine_options` and `_add_run_options`."""
-    names = ("backend", "device", "tile", "batch", "threshold", "threads", "nan")
+    names = (
+        *("backend", "device", "tile", "batch", "threshold", "threads", "nan"),
+        *("temporal", "reset_every", "window"),
+    )
     return {name: getattr(args, name) for name in names}
 
 
@@ -505,6 +519,24 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="VALUE",
         help="read NaN pixels of float frames as VALUE (default: a frame with NaN is an error)",
+    )
+    parser.add_argument(
+        "--temporal",
+        choices=("stream", "window"),
+        help="temporal (ConvLSTM step) models: stream (default: the state carried over the "
+        "whole video) or window (each mask from the T frames up to it, from zero state)",
+    )
+    parser.add_argument(
+        "--reset-every",
+        type=int,
+        metavar="N",
+        help="with --temporal stream: restart from zero state every N frames",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        metavar="T",
+        help="with --temporal window: frames per window (default: the model's time_steps)",
     )
 
 

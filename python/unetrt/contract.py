@@ -28,7 +28,8 @@ SIDECAR_SUFFIX = ".unetrt.json"
 CONFIG_NAME = "config.json"
 #: Name of the image input of models exported by unetrt.
 INPUT_NAME = "frame"
-CONTRACT_VERSION = 1
+#: Version 2 added ``states`` (temporal step models); version-1 contracts read as before.
+CONTRACT_VERSION = 2
 
 LAYOUTS = ("NHWC", "NCHW")
 OUTPUT_KINDS = ("sigmoid", "softmax", "logits")
@@ -40,6 +41,52 @@ def check_layout(layout: str) -> None:
     """Raises ConfigError unless ``layout`` is one of `LAYOUTS`."""
     if layout not in LAYOUTS:
         raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One recurrent state of a temporal step model (``temporal: "stateful"``).
+
+    The model reads the state of the previous frame from `input` and writes the state
+    after this frame to `output`; both are 4-D in the model's ``layout``, with
+    `channels` channels and height and width the frame's divided by `stride`.
+
+    Attributes:
+        input: Name of the state input.
+        output: Name of the state output.
+        channels: Channels of the state tensor.
+        stride: Frame pixels per state pixel (a power of two dividing the alignment).
+    """
+
+    input: str
+    output: str
+    channels: int
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ModelError(f"model contract: a state's {name} must be a tensor name")
+        if isinstance(self.channels, bool) or not isinstance(self.channels, int):
+            raise ModelError(f"model contract: state {self.input!r} channels must be an integer")
+        if self.channels < 1:
+            raise ModelError(f"model contract: state {self.input!r} channels must be >= 1")
+        s = self.stride
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1 or s & (s - 1):
+            raise ModelError(
+                f"model contract: state {self.input!r} stride must be a power of two, got {s!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: Any) -> StateSpec:
+        """Parse ``{"input", "output", "channels", "stride"}``."""
+        if not isinstance(data, dict):
+            raise ModelError(f"model contract: each state must be an object, got {data!r}")
+        known = (f.name for f in dataclasses.fields(cls))
+        try:
+            return cls(**check_keys(data, "model contract state", known, ModelError))
+        except TypeError as exc:  # a required key left out
+            raise ModelError(f"model contract: state {data!r} is invalid: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -60,7 +107,11 @@ class ModelContract:
         classes: Class names, background first.
         temporal: ``"none"`` for frame models; ``"window"`` for models fed a clip of
             ``time_steps`` frames; ``"stateful"`` for step models carrying a state.
-        time_steps: Frames per clip for ``"window"`` models (1 otherwise).
+        time_steps: Frames per clip for ``"window"`` models; for ``"stateful"`` models
+            the window they were trained on (window mode's default); 1 for frame models.
+        states: The recurrent states of a ``"stateful"`` model (`StateSpec`), empty for
+            the others. The image input is the one input not named here, the prediction
+            the one output not named here. ``halo`` then covers one step over all inputs.
         version: Contract schema version.
     """
 
@@ -75,7 +126,8 @@ class ModelContract:
     classes: tuple[str, ...] = ("background", "foreground")
     temporal: str = "none"
     time_steps: int = 1
-    version: int = CONTRACT_VERSION
+    states: tuple[StateSpec, ...] = ()
+    version: int = field(default=CONTRACT_VERSION, compare=False)  # the schema, not meaning
 
     def __post_init__(self) -> None:
         def bad(name: str, value: object, expected: str) -> ModelError:
@@ -104,6 +156,21 @@ class ModelContract:
             raise bad("time_steps", self.time_steps, "a positive integer")
         if self.temporal == "none" and self.time_steps != 1:
             raise bad("time_steps", self.time_steps, "1 for a frame model (temporal 'none')")
+        if (self.temporal == "stateful") != bool(self.states):
+            raise bad(
+                "states",
+                [dataclasses.asdict(x) for x in self.states],
+                "a list of the step model's states for temporal 'stateful', and empty for "
+                "other models",
+            )
+        for state in self.states:
+            if self.alignment % state.stride:
+                raise bad(
+                    f"state {state.input!r} stride", state.stride, "a divisor of the alignment"
+                )
+        names = [n for x in self.states for n in (x.input, x.output)]
+        if len(set(names)) != len(names):
+            raise bad("states", names, "distinct tensor names")
         if self.version > CONTRACT_VERSION:
             raise ModelError(
                 f"model contract version {self.version} is newer than this unetrt "
@@ -118,6 +185,7 @@ class ModelContract:
         """Plain-JSON form, as stored in the ONNX metadata."""
         out = dataclasses.asdict(self)
         out["classes"] = list(self.classes)
+        out["states"] = [dataclasses.asdict(x) for x in self.states]
         return out
 
     def to_json(self) -> str:
@@ -137,6 +205,11 @@ class ModelContract:
             values["normalization"] = Normalization.from_dict(values["normalization"])
         if "classes" in values:
             values["classes"] = tuple(values["classes"])
+        if "states" in values:
+            states = values["states"]
+            if not isinstance(states, list):
+                raise ModelError(f"model contract: states must be a list, got {states!r}")
+            values["states"] = tuple(StateSpec.from_dict(x) for x in states)
         try:
             return cls(**values)
         except TypeError as exc:  # wrong value types that __post_init__ cannot compare
@@ -174,10 +247,11 @@ class StoredContract:
     @property
     def complete(self) -> bool:
         """True when the file states every field (nothing needs inferring)."""
-        return self.fields >= CONTRACT_FIELDS
+        return self.fields >= CONTRACT_FIELDS - {"states"}
 
 
-#: The contract fields a model states (all but the schema version).
+#: The contract fields a model states (all but the schema version). ``states`` is never
+#: inferred: a step model states it, a version-1 contract means none.
 CONTRACT_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelContract)) - {"version"}
 
 

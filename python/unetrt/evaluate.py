@@ -1,5 +1,13 @@
 """Evaluate a model against ground-truth masks: per-frame and mean Dice, IoU, pixel difference.
 
+Two pixel differences are reported: ours (the percentage of pixels whose foreground
+state differs between mask and truth) and the seed notebook's, computed on the
+probabilities (``100 * mean |truth - probability|``, `unetrt.metrics.probability_difference`),
+so results can be compared with figures reported that way.
+
+A temporal model runs the whole video in order (its state, or window, needs every frame
+before a scored one); the frames that have a mask are scored.
+
 The engine (`unetrt.Segmenter`, with the options it is given) segments the frames, and
 each predicted mask is compared with its ground truth using `unetrt.metrics`. Both
 sides count as foreground where they are ``> 0``: instance label masks work as they are,
@@ -33,7 +41,15 @@ from .errors import ConfigError, InputError, OutputError
 from .io import FrameSource, atomic_output, frame_number, open_frames
 
 PAIRINGS = ("auto", "number", "order")
-CSV_COLUMNS = ("frame", "image", "mask", "dice", "iou", "pixel_difference_percent")
+CSV_COLUMNS = (
+    "frame",
+    "image",
+    "mask",
+    "dice",
+    "iou",
+    "pixel_difference_percent",
+    "probability_difference_percent",
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,7 @@ class FrameScore:
         dice: Dice coefficient of the foregrounds.
         iou: Intersection over union of the foregrounds.
         pixel_difference: Percentage of pixels whose foreground state differs.
+        probability_difference: The seed's pixel difference, on probabilities (percent).
     """
 
     image: str
@@ -53,6 +70,7 @@ class FrameScore:
     dice: float
     iou: float
     pixel_difference: float
+    probability_difference: float
 
 
 @dataclass(frozen=True)
@@ -77,17 +95,24 @@ class EvaluationReport:
         """Mean of the per-frame pixel differences (percent)."""
         return float(np.mean([f.pixel_difference for f in self.frames]))
 
+    @property
+    def mean_probability_difference(self) -> float:
+        """Mean of the per-frame probability-based pixel differences (percent)."""
+        return float(np.mean([f.probability_difference for f in self.frames]))
+
     def table(self) -> str:
         """The scores as a text table: one row per frame, then the mean."""
         width = max(len("image"), *(len(f.image) for f in self.frames))
-        lines = [f"{'image':<{width}}  {'dice':>7}  {'iou':>7}  {'pixdiff%':>8}"]
+        lines = [f"{'image':<{width}}  {'dice':>7}  {'iou':>7}  {'pixdiff%':>8}  {'probdiff%':>9}"]
         for f in self.frames:
             lines.append(
                 f"{f.image:<{width}}  {f.dice:7.4f}  {f.iou:7.4f}  {f.pixel_difference:8.3f}"
+                f"  {f.probability_difference:9.3f}"
             )
         lines.append(
             f"{'mean (' + str(len(self.frames)) + ')':<{width}}  {self.mean_dice:7.4f}  "
-            f"{self.mean_iou:7.4f}  {self.mean_pixel_difference:8.3f}"
+            f"{self.mean_iou:7.4f}  {self.mean_pixel_difference:8.3f}  "
+            f"{self.mean_probability_difference:9.3f}"
         )
         return "\n".join(lines)
 
@@ -101,10 +126,11 @@ class EvaluationReport:
         """
         path = Path(path)
         rows: list[Sequence[object]] = [
-            (i, f.image, f.mask, f.dice, f.iou, f.pixel_difference)
+            (i, f.image, f.mask, f.dice, f.iou, f.pixel_difference, f.probability_difference)
             for i, f in enumerate(self.frames)
         ]
-        rows.append(("mean", "", "", self.mean_dice, self.mean_iou, self.mean_pixel_difference))
+        means = (self.mean_dice, self.mean_iou, self.mean_pixel_difference)
+        rows.append(("mean", "", "", *means, self.mean_probability_difference))
         with atomic_output(path) as partial, partial.open("w", newline="") as handle:
             writer = csv_module.writer(handle)
             writer.writerow(CSV_COLUMNS)
@@ -157,14 +183,21 @@ def evaluate(
         with Segmenter(model, **segmenter_options) as segmenter:
             stream = segmenter.stream(source=frames)  # stack statistics, when needed
 
-            def paired_frames() -> Iterator[np.ndarray]:
-                for i, _ in pairs:
+            # A temporal model reads every frame up to the last scored one, in order.
+            mask_of = dict(pairs)
+            whole = segmenter.temporal is not None and pairs
+            run = range(pairs[-1][0] + 1) if whole else list(mask_of)
+
+            def run_frames() -> Iterator[np.ndarray]:
+                for i in run:
                     yield frames.read(i)
 
             scores = []
-            for (i, j), predicted in zip(
-                pairs, segmenter.segment_frames(paired_frames(), stream), strict=True
-            ):
+            for i, probs in zip(run, segmenter.predict_frames(run_frames(), stream), strict=True):
+                if i not in mask_of:
+                    continue
+                j = mask_of[i]
+                predicted = segmenter.to_mask(probs)
                 truth = truths.read(j)
                 image_name, mask_name = _frame_name(frames, i), _frame_name(truths, j)
                 if truth.shape[:2] != predicted.shape[:2] or truth.ndim != 2:
@@ -179,6 +212,9 @@ def evaluate(
                         dice=metrics.dice(predicted, truth),
                         iou=metrics.iou(predicted, truth),
                         pixel_difference=metrics.pixel_difference(predicted, truth),
+                        probability_difference=metrics.probability_difference(
+                            _foreground_probability(probs, segmenter.contract.output), truth
+                        ),
                     )
                 )
             model_name = str(segmenter.model.path)
@@ -186,6 +222,14 @@ def evaluate(
     if csv is not None:
         report.write_csv(csv)
     return report
+
+
+def _foreground_probability(probs: np.ndarray, output: str) -> np.ndarray:
+    """(H, W) foreground probability: the one channel, or for several classes one minus
+    the background's softmax probability (the largest sigmoid, for sigmoid classes)."""
+    if probs.ndim == 2:
+        return probs
+    return probs.max(axis=-1) if output == "sigmoid" else 1.0 - probs[..., 0]
 
 
 # ------------------------------------------------------------------------- pairing

@@ -15,9 +15,14 @@ Before the file appears, ONNX Runtime runs the exported graph on random frames (
 real ones, if given) and must agree with Keras to ``atol``; otherwise `ExportError` is
 raised and nothing is written at the output path.
 
-ConvLSTM-U-Nets are exported as *window* models: the input is a clip
-``(batch, time_steps, H, W, C)`` and the output the mask of its last frame
-(contract ``temporal="window"``). The segmentation engine runs frame models only.
+ConvLSTM-U-Nets are exported as *step* models (contract ``temporal="stateful"``): one
+time step with inputs ``frame`` and, per ConvLSTM layer, its state ``<layer>_h`` and
+``<layer>_c``; outputs the mask, then the new states ``<layer>_h_next`` and
+``<layer>_c_next`` (`unetrt.train.models.build_convlstm_step`: a few convolutions and
+gates, no Loop or Scan op). The numeric check runs ``time_steps`` steps of the ONNX step
+model from zero state and compares the last mask with the Keras clip model's. With
+``window=True`` a ConvLSTM model is exported as the clip model itself: input
+``(batch, time_steps, H, W, C)``, output the mask of the last frame (``"window"``).
 
 tf2onnx is used (``from_function`` on a traced call of the model) rather than
 ``keras.Model.export(format="onnx")``: with Keras 3.15 / TensorFlow 2.21 both convert a
@@ -61,6 +66,7 @@ def export(
     config: TrainConfig | str | os.PathLike[str] | None = None,
     check_frames: FrameInput | None = None,
     atol: float = 1e-4,
+    window: bool = False,
 ) -> ModelContract:
     """Export a Keras model to ONNX for the engine.
 
@@ -75,6 +81,7 @@ def export(
             or a list of frames. They are normalized as the contract says and cut to at
             most 512 x 512 pixels (a multiple of the alignment).
         atol: Largest absolute difference allowed between ONNX Runtime and Keras.
+        window: Export a ConvLSTM model as its clip (window) model, not as a step model.
 
     Returns:
         The contract written into the model.
@@ -100,8 +107,12 @@ def export(
         raise OutputError(f"cannot write {target}: folder {target.parent} does not exist")
     train_config = _training_config(source, config)
     model = load_keras_model(source)
-    contract = _contract_from_config(model, train_config) if train_config else None
-    proto = _convert(model, source)
+    contract = _contract_from_config(model, train_config, window) if train_config else None
+    exported = model
+    if contract is not None and contract.temporal == "stateful":
+        assert train_config is not None
+        exported = _step_model(model, train_config)
+    proto = _convert(exported, source)
 
     with atomic_output(target) as tmp:
         if contract is None:
@@ -111,6 +122,15 @@ def export(
         _save(proto, tmp)
         _check(model, tmp, contract, check_frames, atol)
     return contract
+
+
+def _step_model(model: Any, config: TrainConfig) -> Any:
+    """The step model of a trained ConvLSTM clip model, with its weights."""
+    from .train.models import build_convlstm_step, copy_weights
+
+    step, _ = build_convlstm_step(config.model_config())
+    copy_weights(model, step)
+    return step
 
 
 def load_keras_model(path: str | os.PathLike[str]) -> Any:
@@ -158,7 +178,8 @@ def _input_shape(model: Any) -> tuple[int | None, ...]:
     return shape
 
 
-def _contract_from_config(model: Any, config: TrainConfig) -> ModelContract:
+def _contract_from_config(model: Any, config: TrainConfig, window: bool) -> ModelContract:
+    from .contract import StateSpec
     from .train.unet_config import alignment, receptive_field
 
     cfg = config.model_config()
@@ -169,8 +190,20 @@ def _contract_from_config(model: Any, config: TrainConfig) -> ModelContract:
             f"{cfg.channels_in} input channel(s), but the Keras model takes {shape}; "
             f"is the config next to the model the one it was trained with?"
         )
+    if window and cfg.temporal != "convlstm":
+        raise ExportError("--window exports ConvLSTM models as clip models; this is a frame model")
+    # One step's field over all its inputs: the frame path through the ConvLSTM's input
+    # kernel covers the recurrent kernel's path from the state (same size, same level).
     halo = config.halo if config.halo is not None else receptive_field(cfg)
-    temporal = "window" if cfg.temporal == "convlstm" else "none"
+    temporal = "none"
+    states: tuple[StateSpec, ...] = ()
+    if cfg.temporal == "convlstm":
+        temporal = "window" if window else "stateful"
+    if temporal == "stateful":
+        from .train.models import build_convlstm_step
+
+        _, steps = build_convlstm_step(cfg)
+        states = tuple(StateSpec(x.input, x.output, x.channels, x.stride) for x in steps)
     return ModelContract(
         channels=cfg.channels_in,
         layout="NHWC",
@@ -181,6 +214,7 @@ def _contract_from_config(model: Any, config: TrainConfig) -> ModelContract:
         classes=config.classes,
         temporal=temporal,
         time_steps=cfg.time_steps,
+        states=states,
     )
 
 
@@ -207,13 +241,17 @@ def _measured_contract(model: Any, onnx_file: Path) -> ModelContract:
 def _convert(model: Any, source: Path) -> Any:
     tf = require("tensorflow", "train")
     tf2onnx = require("tf2onnx", "train")
-    shape = _input_shape(model)
-    spec = (tf.TensorSpec((None, *shape[1:]), tf.float32, name=INPUT_NAME),)
+    # The image input is "frame"; a step model's state inputs keep their Keras names.
+    names_in = [INPUT_NAME, *(_input_name(t) for t in model.inputs[1:])]
+    spec = tuple(
+        tf.TensorSpec((None, *t.shape[1:]), tf.float32, name=name)
+        for t, name in zip(model.inputs, names_in, strict=True)
+    )
     names = _output_names(model)
 
     @tf.function(input_signature=spec)
-    def run(frame: Any) -> dict[str, Any]:
-        outputs = model(frame, training=False)
+    def run(*inputs: Any) -> dict[str, Any]:
+        outputs = model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
         if not isinstance(outputs, (list, tuple)):
             outputs = [outputs]
         return dict(zip(names, outputs, strict=True))
@@ -229,6 +267,10 @@ def _convert(model: Any, source: Path) -> Any:
     proto.graph.output.extend(ordered)
     proto.producer_name = "unetrt"
     return proto
+
+
+def _input_name(tensor: Any) -> str:
+    return str(tensor.name).split(":")[0]
 
 
 def _output_names(model: Any) -> list[str]:
@@ -255,8 +297,9 @@ def _check(
     import onnxruntime as ort
 
     session = ort.InferenceSession(os.fspath(onnx_file), providers=["CPUExecutionProvider"])
-    if [i.name for i in session.get_inputs()] != [INPUT_NAME]:
-        raise ExportError(f"the exported model's input is not named {INPUT_NAME!r}")
+    wanted = [INPUT_NAME, *(x.input for x in contract.states)]
+    if [i.name for i in session.get_inputs()] != wanted:
+        raise ExportError(f"the exported model's inputs are not {wanted}")
     batches = [("random frames", _random_batch(contract))]
     if check_frames is not None:
         batches.append(("the given frames", _real_batch(check_frames, contract)))
@@ -264,7 +307,7 @@ def _check(
         expected = model(batch, training=False)
         if not isinstance(expected, (list, tuple)):
             expected = [expected]
-        got = session.run(None, {INPUT_NAME: batch})
+        got = _run_exported(session, batch, contract)
         for index, (keras_out, onnx_out) in enumerate(zip(expected, got, strict=True)):
             keras_out = np.asarray(keras_out)
             if keras_out.shape != onnx_out.shape:
@@ -281,9 +324,25 @@ def _check(
                 )
 
 
+def _run_exported(session: Any, batch: np.ndarray, contract: ModelContract) -> list[np.ndarray]:
+    """The exported model's outputs for a Keras input batch: a step model runs the clip
+    step by step from zero state and returns its last step's heads."""
+    if contract.temporal != "stateful":
+        return list(session.run(None, {INPUT_NAME: batch}))
+    from .model import zero_state
+
+    names = [o.name for o in session.get_outputs()]
+    state_outputs = {x.output for x in contract.states}
+    feeds = {x.input: zero_state(x, contract.layout, batch[:, 0].shape) for x in contract.states}
+    for t in range(batch.shape[1]):
+        got = dict(zip(names, session.run(None, {INPUT_NAME: batch[:, t], **feeds}), strict=True))
+        feeds = {x.input: got[x.output] for x in contract.states}
+    return [got[n] for n in names if n not in state_outputs]
+
+
 def _shape_for(contract: ModelContract, model_shape_hw: tuple[int, int]) -> tuple[int, ...]:
     h, w = model_shape_hw
-    if contract.temporal == "window":
+    if contract.temporal in ("window", "stateful"):
         return (2, contract.time_steps, h, w, contract.channels)
     return (2, h, w, contract.channels)
 
@@ -320,7 +379,7 @@ def _real_batch(source: FrameInput, contract: ModelContract) -> np.ndarray:
             f"model's alignment {a}"
         )
     cut = np.stack([f[:h, :w].reshape(h, w, contract.channels) for f in normalized])
-    if contract.temporal == "window":
+    if contract.temporal in ("window", "stateful"):
         clips = len(cut) // contract.time_steps
         return np.ascontiguousarray(cut[: clips * contract.time_steps]).reshape(
             clips, contract.time_steps, h, w, contract.channels

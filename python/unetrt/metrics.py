@@ -89,6 +89,21 @@ def pixel_difference(pred: np.ndarray, true: np.ndarray) -> float:
     return float(100.0 * np.count_nonzero((pred > 0) != (true > 0)) / pred.size)
 
 
+def probability_difference(probability: np.ndarray, true: np.ndarray) -> float:
+    """The seed notebook's pixel difference: ``100 * mean |truth - probability|``, the
+    truth being 1 on foreground (``> 0``) and 0 elsewhere, the probability the model's
+    foreground probability (not thresholded).
+
+    Raises:
+        InputError: On different shapes.
+    """
+    probability, true = _check(probability, true)
+    if probability.size == 0:
+        return 0.0
+    diff = np.abs((true > 0).astype(np.float64) - probability.astype(np.float64))
+    return float(100.0 * diff.mean())
+
+
 def accuracy(pred: np.ndarray, true: np.ndarray, classes: int | None = None) -> float:
     """Fraction of pixels classified right: same foreground state, or same label.
 

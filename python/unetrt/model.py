@@ -48,7 +48,7 @@ from .backends.base import (
     spatial_axes,
 )
 from .closeable import Closeable
-from .contract import ModelContract, StoredContract, read_contract
+from .contract import ModelContract, StateSpec, StoredContract, read_contract
 from .errors import ConfigError, ModelError
 from .models import resolve_model
 from .normalize import Normalization
@@ -95,9 +95,48 @@ class Model(Closeable):
         """Channels of the prediction, ``None`` if the model leaves them dynamic."""
         return self.prediction.channels
 
+    @property
+    def stateful(self) -> bool:
+        """Whether this is a temporal step model (state tensors in and out)."""
+        return self.contract.temporal == "stateful"
+
     def predict(self, batch: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Run the model on a batch of tiles; see `run_prediction`."""
         return run_prediction(self.backend, self.image, self.prediction, batch, out)
+
+    def step(
+        self, batch: np.ndarray, states: Mapping[str, np.ndarray], out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One step of a step model on a batch of tiles and their state tiles.
+
+        Args:
+            batch: float32 tiles, 4-D in the model's layout.
+            states: Per state input name (`unetrt.contract.StateSpec.input`), its tiles
+                (the tile's size divided by the state's stride).
+            out: Optional buffer for the prediction.
+
+        Returns:
+            ``(prediction, new_states)``: the prediction as `predict` returns it, and the
+            new state tiles by state *input* name (what the next step reads). Arrays the
+            runtime allocated may be reused by its next call: copy what is kept.
+
+        Raises:
+            ModelError: If the model rejects the tensors or returns other sizes.
+        """
+        feeds = {self.image.name: batch, **states}
+        outputs = self.backend.run(feeds, None if out is None else {self.prediction.name: out})
+        prediction = _checked_prediction(outputs, self.backend.layout, self.prediction, batch)
+        new: dict[str, np.ndarray] = {}
+        for spec in self.contract.states:
+            value = outputs[spec.output]
+            if value.shape != states[spec.input].shape:
+                raise ModelError(
+                    f"step model returned state {spec.output!r} of shape {tuple(value.shape)} "
+                    f"for state input {spec.input!r} of shape {tuple(states[spec.input].shape)}"
+                    f"; the contract says they have the same shape"
+                )
+            new[spec.input] = value
+        return prediction, new
 
     def close(self) -> None:
         """Release the backend."""
@@ -127,8 +166,13 @@ def run_prediction(
         ModelError: If the model rejects the batch or returns another spatial size.
     """
     outputs = backend.run({image.name: batch}, None if out is None else {prediction.name: out})
+    return _checked_prediction(outputs, backend.layout, prediction, batch)
+
+
+def _checked_prediction(
+    outputs: Mapping[str, np.ndarray], layout: str, prediction: TensorSpec, batch: np.ndarray
+) -> np.ndarray:
     result = outputs[prediction.name]
-    layout = backend.layout
     hw_in = tuple(batch.shape[a] for a in spatial_axes(layout))
     hw_out = tuple(result.shape[a] for a in spatial_axes(layout)) if result.ndim == 4 else None
     if hw_out != hw_in:
@@ -182,9 +226,16 @@ def open_model(
         layout = stored.contract.layout
     be = create_backend(path, backend, device, threads, layout=layout)
     try:
-        image, prediction = _frame_tensors(be, label)
         known = {k: getattr(stored.contract, k) for k in stated} if stored is not None else {}
         known.update(given)
+        states = known.get("states", ())
+        image, prediction = _frame_tensors(be, label, states)
+        if states and "halo" not in known:
+            raise ModelError(
+                f"model {label} is a temporal step model: its contract must state 'halo', "
+                f"the receptive-field radius of one step over all its inputs (frame and "
+                f"states), in frame pixels"
+            )
         contract, inferred = infer_contract(be, known, graph_source=path, image=image)
         if stored is not None:
             inferred.update(dict.fromkeys(stated, _stated(stored)))
@@ -202,16 +253,36 @@ def _stated(stored: StoredContract) -> str:
     return f"model contract ({stored.source})"
 
 
-def _frame_tensors(be: Backend, label: str) -> tuple[TensorSpec, TensorSpec]:
-    """The image input and the prediction output of a frame model."""
-    if len(be.inputs) != 1:
+def _frame_tensors(
+    be: Backend, label: str, states: tuple[StateSpec, ...] = ()
+) -> tuple[TensorSpec, TensorSpec]:
+    """The image input and the prediction output: for a step model, the input and the
+    first output its contract's ``states`` do not name."""
+    _check_state_tensors(be, label, states)
+    state_inputs = {x.input for x in states}
+    state_outputs = {x.output for x in states}
+    images = [i for i in be.inputs if i.name not in state_inputs]
+    if len(images) != 1:
         names = ", ".join(repr(i.name) for i in be.inputs)
+        if states:
+            raise ModelError(
+                f"model {label} has inputs {names}; a step model needs exactly one image "
+                f"input besides the state inputs its contract names"
+            )
+        hint = (
+            "; a temporal step model's contract must name its state inputs ('states')"
+            if len(be.inputs) > 1
+            else ""
+        )
         raise ModelError(
             f"model {label} has {len(be.inputs)} inputs ({names}); "
-            f"unetrt needs a model with one image input"
+            f"unetrt needs a model with one image input{hint}"
         )
     # A model may have several outputs (e.g. auxiliary heads); the first is the mask.
-    prediction = be.outputs[0]
+    outputs = [o for o in be.outputs if o.name not in state_outputs]
+    if not outputs:
+        raise ModelError(f"model {label} has no output besides its states")
+    prediction = outputs[0]
     if len(prediction.shape) != 4:
         raise ModelError(
             f"model {label}: output {prediction.name!r} has shape "
@@ -219,7 +290,29 @@ def _frame_tensors(be: Backend, label: str) -> tuple[TensorSpec, TensorSpec]:
             f"a 4-D image output (batch, height, width, channels or batch, channels, "
             f"height, width)"
         )
-    return be.inputs[0], prediction
+    return images[0], prediction
+
+
+def _check_state_tensors(be: Backend, label: str, states: tuple[StateSpec, ...]) -> None:
+    """Every state the contract names must be a 4-D input and output of the model."""
+    inputs = {i.name: i for i in be.inputs}
+    outputs = {o.name: o for o in be.outputs}
+    for state in states:
+        for name, tensors, kind in (
+            (state.input, inputs, "input"),
+            (state.output, outputs, "output"),
+        ):
+            spec = tensors.get(name)
+            if spec is None:
+                raise ModelError(
+                    f"model {label}: the contract names state {kind} {name!r}, but the model "
+                    f"has no such {kind} ({', '.join(map(repr, tensors))})"
+                )
+            if len(spec.shape) != 4:
+                raise ModelError(
+                    f"model {label}: state {kind} {name!r} has shape {format_shape(spec.shape)}"
+                    f"; a state must be 4-D like the frame"
+                )
 
 
 def _check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -258,11 +351,15 @@ def _check_fit(be: Backend, image: TensorSpec, contract: ModelContract, label: s
             f"({contract.layout}), but the model input {format_shape(image.shape)} "
             f"has {dim}"
         )
-    if contract.temporal == "stateful":
-        raise ModelError(
-            f"model {label} is a temporal step model (temporal 'stateful'); this unetrt "
-            f"runs frame and window models only"
-        )
+    for state in contract.states:
+        spec = next(i for i in be.inputs if i.name == state.input)
+        dim = spec.shape[channel_axis(contract.layout)]
+        if dim is not None and dim != state.channels:
+            raise ModelError(
+                f"model {label}: the contract says state {state.input!r} has "
+                f"{state.channels} channel(s) ({contract.layout}), but the model input "
+                f"{format_shape(spec.shape)} has {dim}"
+            )
     fixed = be.accepted(image.name).fixed_tile
     if fixed is not None and any(n % contract.alignment for n in fixed):
         raise ModelError(
@@ -321,7 +418,9 @@ def infer_contract(
     probe_fields = {"alignment", "halo", "output", "classes"} - set(known)
     if probe_fields:
         channels = known.get("channels", values.get("channels", 1))
-        probe = _Probe(backend, image, channels)
+        states = tuple(known.get("states", ()))
+        prediction = _frame_tensors(backend, "", states)[1] if states else None
+        probe = _Probe(backend, image, channels, prediction, states)
         fixed = backend.accepted(image.name).fixed_tile
         if "alignment" in known:
             alignment = int(known["alignment"])
@@ -363,12 +462,20 @@ def infer_contract(
 class _Probe:
     """Runs a model on seeded random images of any size, in its layout and batch."""
 
-    def __init__(self, backend: Backend, image: TensorSpec, channels: int) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        image: TensorSpec,
+        channels: int,
+        prediction: TensorSpec | None = None,
+        states: tuple[StateSpec, ...] = (),
+    ) -> None:
         self.backend = backend
         self.input = image
         # The prediction is the first output, as for `Model.prediction`.
-        self.output = backend.outputs[0]
+        self.output = prediction or backend.outputs[0]
         self.channels = channels
+        self.states = states  # a step model is probed from zero state
         self.batch = backend.accepted(image.name).fixed_batch or 1
         self.rng = np.random.default_rng(0)
 
@@ -395,8 +502,21 @@ class _Probe:
         """Run an (h, w, c) image; returns the output of the first batch item as (h, w, k)."""
         x = image if self.backend.layout == "NHWC" else image.transpose(2, 0, 1)
         batch = np.ascontiguousarray(np.broadcast_to(x, (self.batch, *x.shape)))
-        out = run_prediction(self.backend, self.input, self.output, batch)[0]
+        feeds = {self.input.name: batch}
+        for state in self.states:
+            feeds[state.input] = zero_state(state, self.backend.layout, batch.shape)
+        outputs = self.backend.run(feeds, None)
+        out = _checked_prediction(outputs, self.backend.layout, self.output, batch)[0]
         return np.array(out if self.backend.layout == "NHWC" else out.transpose(1, 2, 0))
+
+
+def zero_state(state: StateSpec, layout: str, frame_shape: tuple[int, ...]) -> np.ndarray:
+    """A zero state tensor for a batch of frame tiles of ``frame_shape`` (4-D, `layout`)."""
+    shape = list(frame_shape)
+    for axis in spatial_axes(layout):
+        shape[axis] //= state.stride
+    shape[channel_axis(layout)] = state.channels
+    return np.zeros(shape, np.float32)
 
 
 def _probe_alignment(probe: _Probe) -> tuple[int, str]:

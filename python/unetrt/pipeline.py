@@ -28,7 +28,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -107,8 +107,9 @@ class VideoStream:
     One per input video (`unetrt.Segmenter.segment` opens one per input; live use gets
     one from `unetrt.Segmenter.stream`). It holds the video's stack statistics (fixed
     when it is opened), its tile plans (one per frame size, frozen at the first frame of
-    that size), the count of frames seen, and slots for recurrent state by tensor name
-    (empty for frame models; temporal step models keep their per-tile state here).
+    that size), the count of frames seen, and slots for recurrent state
+    (empty for frame models; a step model's executor keeps its whole-frame state maps and,
+    in window mode, the last frames here: `unetrt.temporal`).
 
     Args:
         name: The video's name, for messages.
@@ -127,7 +128,7 @@ class VideoStream:
         self.stats = stats
         self.frames_seen = 0
         self._lock = threading.Lock()
-        self.state: dict[str, np.ndarray] = {}
+        self.state: dict[str, Any] = {}
         self._describe = describe_frame
         self._sizes: dict[tuple[TilePolicy, bool, int, int], PlannedSize] = {}
 
@@ -382,6 +383,7 @@ class _BatchBuffers:
 
     inputs: np.ndarray | None = None
     outputs: np.ndarray | None = None  # None when the model's channels are dynamic
+    states: dict[str, np.ndarray] = field(default_factory=dict)  # state tiles, step models
 
 
 class CpuExecutor:

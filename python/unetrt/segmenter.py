@@ -56,6 +56,7 @@ from .pipeline import (
     fit_statistics,
 )
 from .postprocess import PostProcess
+from .temporal import StatefulExecutor, temporal_options
 
 #: Largest tile (in pixels) that ``tile="auto"`` sends to the engine in one piece.
 #: 2048 x 2048 keeps a 32-filter U-Net's activations within a few GiB of memory.
@@ -173,6 +174,9 @@ class SegmenterSpec:
     nan: float | None = None
     queue_size: int = DEFAULT_QUEUE_SIZE
     when_full: str = "block"
+    temporal: str | None = None
+    reset_every: int | None = None
+    window: int | None = None
 
     @classmethod
     def of(cls, model: str | os.PathLike[str] | None = None, **options: Any) -> SegmenterSpec:
@@ -245,6 +249,11 @@ class Segmenter:
         when_full: What `submit` does when that queue is full: ``"block"`` (wait for
             room) or ``"drop_oldest"`` (drop the oldest waiting frame, cancelling its
             future, to keep up with a faster producer; see `dropped`).
+        temporal: For a temporal step model: ``"stream"`` (default: the state carried
+            from frame to frame) or ``"window"`` (each mask from the `window` frames up
+            to it, from zero state); see `unetrt.temporal`. An error for frame models.
+        reset_every: Stream mode: restart from zero state every this many frames.
+        window: Window mode: frames per window (default: the model's ``time_steps``).
     """
 
     def __init__(
@@ -265,6 +274,9 @@ class Segmenter:
         nan: float | None = None,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         when_full: str = "block",
+        temporal: str | None = None,
+        reset_every: int | None = None,
+        window: int | None = None,
     ) -> None:
         # Every argument but the model, as given: what the spec records (first, so that
         # locals() holds the arguments only).
@@ -329,16 +341,23 @@ class Segmenter:
             max_tile_pixels=max_tile_pixels,
             fixed_tile=fixed,
         )
-        self._executor = CpuExecutor(
-            self.model,
-            ExecutorConfig(
-                contract=contract,
-                tiles=self._tiles,
-                checks=self._checks,
-                batch=self.batch,
-                stitch=stitch,
-                threads=self.threads,
-            ),
+        config = ExecutorConfig(
+            contract=contract,
+            tiles=self._tiles,
+            checks=self._checks,
+            batch=self.batch,
+            stitch=stitch,
+            threads=self.threads,
+        )
+        try:
+            self.temporal = temporal_options(self.model, temporal, reset_every, window)
+        except BaseException:
+            self.model.close()
+            raise
+        self._executor: CpuExecutor = (
+            CpuExecutor(self.model, config)
+            if self.temporal is None
+            else StatefulExecutor(self.model, config, self.temporal)
         )
         self._live = VideoStream("frames")
         self._queue = LiveQueue(
@@ -572,6 +591,11 @@ class Segmenter:
                 stream = None
             assert src.frame_shape is not None
             check_shape(src.frame_shape, self.contract.channels)
+            if self.temporal is not None and total == 1:
+                raise InputError(
+                    f"{src.name} is a single image; a temporal model segments videos "
+                    f"(use a frame model for single images, e.g. --model default)"
+                )
             with ExitStack() as writers:
                 if isinstance(src, FollowedFrames):
                     # Entered first, left last: a Ctrl-C pressed while the outputs are
@@ -585,7 +609,7 @@ class Segmenter:
                 for out in outputs:
                     writers.enter_context(out)
                 wanted = None if total is None else [missing_frames(out) for out in outputs]
-                todo = None if wanted is None else sorted(set().union(*wanted))
+                todo = None if wanted is None else self._frames_to_run(wanted)
                 if stream is None:
                     assert isinstance(src, FrameSource) and todo is not None
                     frame_of = todo  # messages name frames by their number in the input
@@ -764,6 +788,19 @@ class Segmenter:
             "options": {k: repr(v) for k, v in sorted(options.items())},
             "contract": self.contract.to_dict(),
         }
+
+    def _frames_to_run(self, wanted: list[set[int]]) -> list[int]:
+        """The frames a run reads to make the frames its outputs still want: those
+        frames, and for a temporal model every frame its state or window needs (stream:
+        from the first frame; window: from T-1 frames before the first one wanted)."""
+        todo = sorted(set().union(*wanted))
+        if self.temporal is None or not todo:
+            return todo
+        start = 0
+        if self.temporal.mode == "window":
+            assert isinstance(self._executor, StatefulExecutor)
+            start = max(todo[0] - (self._executor.time_steps - 1), 0)
+        return list(range(start, todo[-1] + 1))
 
     def _write_masks(
         self,

@@ -50,6 +50,8 @@ PRETRAINED_KEYS = (
     "model_activation", "batch_norm", "upsampling", "downsampling", "convlstm_position",
     "time_steps", "model_lossfunction", "newinfer_normalization", "newinfer_uneven_illumination",
 )  # fmt: skip
+#: The architecture fields a ConvLSTM model adds to a frame model (`UNetConfig`).
+TEMPORAL_FIELDS = ("temporal", "convlstm_position", "time_steps")
 #: A key starting with this is a comment (`unetrt train --write-config` writes them).
 COMMENT_PREFIX = "//"
 
@@ -577,10 +579,14 @@ def _check_builtin_architecture(c: TrainConfig, model: UNetConfig) -> None:
     _, keys = builtin_weights(name)
     shipped = load_config({"data_train_images": ".", **keys})
     want = shipped.model_config()
+    # A ConvLSTM model may start from a frame model: the layers they share are copied.
+    free = {"dropout"}
+    if model.temporal != "none" and want.temporal == "none":
+        free |= set(TEMPORAL_FIELDS)
     differences = [
         f"{f.name} {getattr(model, f.name)!r} (the {name} model has {getattr(want, f.name)!r})"
         for f in dataclasses.fields(want)
-        if f.name != "dropout" and getattr(model, f.name) != getattr(want, f.name)
+        if f.name not in free and getattr(model, f.name) != getattr(want, f.name)
     ]
     if c.normalization != shipped.normalization:
         differences.append(

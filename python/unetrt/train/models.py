@@ -19,13 +19,16 @@ accepts. Where we differ from it, on purpose:
   Ronneberger et al.; the seed used twice that.
 - The ConvLSTM layers are unrolled over the fixed clip length (`ConvLSTM2DUnrolled`), so
   the spatial size stays dynamic (Keras's ``ConvLSTM2D`` needs a static H, W) and the
-  exported ONNX graph has no loop. The ConvLSTM model predicts the last frame of the
-  clip from its features; the seed averaged the decoder output over time.
+  exported ONNX graph has no loop. `build_convlstm_step` builds one time step with the
+  states as inputs and outputs (what `unetrt export` writes for the engine). The
+  ConvLSTM model predicts the last frame of the clip from its features; the seed
+  averaged the decoder output over time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -48,10 +51,14 @@ from .unet_config import (
 __all__ = [
     "SEED_MODEL_NAMES",
     "BilinearUpsampling2D",
+    "ConvLSTM2DStep",
     "ConvLSTM2DUnrolled",
+    "StepState",
     "UNetConfig",
     "alignment",
+    "build_convlstm_step",
     "build_convlstm_unet",
+    "copy_weights",
     "build_model",
     "build_unet",
     "config_from_seed_name",
@@ -145,6 +152,50 @@ class ConvLSTM2DUnrolled(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="unetrt")
+class ConvLSTM2DStep(ConvLSTM2DUnrolled):
+    """One time step of `ConvLSTM2DUnrolled`: ``[x, h, c] -> [h_next, c_next]``.
+
+    The same weights (a step model copies them from the clip model by layer name). From
+    a zero state it computes exactly the unrolled layer's first step: the recurrent
+    convolution of zeros and the forget term ``f * 0`` add exact zeros.
+    """
+
+    def build(self, input_shape: Any) -> None:
+        super().build(tuple(input_shape[0]))
+
+    def call(self, inputs: Any) -> Any:
+        x, h, c = inputs
+        z = ops.conv(x, self.kernel, padding="same") + self.bias
+        z = z + ops.conv(h, self.recurrent_kernel, padding="same")
+        i, f, g, o = ops.split(z, 4, axis=-1)
+        cell = self.recurrent_activation(f) * c + self.recurrent_activation(i) * self.activation(g)
+        return [self.recurrent_activation(o) * self.activation(cell), cell]
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        b, hh, ww, _ = input_shape[0]
+        return [(b, hh, ww, self.filters), (b, hh, ww, self.filters)]
+
+
+@dataclass(frozen=True)
+class StepState:
+    """One ConvLSTM layer's state in a step model (`build_convlstm_step`).
+
+    Attributes:
+        layer: The ConvLSTM layer's name.
+        input: Name of the state input (``<layer>_h`` or ``<layer>_c``).
+        output: Name of the state output (``<layer>_h_next`` / ``<layer>_c_next``).
+        channels: The layer's filters.
+        stride: Frame pixels per state pixel (``2**level``).
+    """
+
+    layer: str
+    input: str
+    output: str
+    channels: int
+    stride: int
+
+
+@keras.saving.register_keras_serializable(package="unetrt")
 class BilinearUpsampling2D(layers.Layer):
     """2x bilinear upsampling (half-pixel centres, edges clamped) for any height and width.
 
@@ -184,8 +235,16 @@ Frames = list[Any]
 
 
 class _Builder:
-    def __init__(self, cfg: UNetConfig) -> None:
+    """Builds the network; with ``step`` the ConvLSTM layers are single steps whose
+    states become extra inputs and outputs (collected in `inputs`, `outputs`, `states`)."""
+
+    def __init__(self, cfg: UNetConfig, step: bool = False) -> None:
         self.cfg = cfg
+        self.step = step
+        self.level = 0
+        self.inputs: list[Any] = []
+        self.outputs: list[Any] = []
+        self.states: list[StepState] = []
 
     def per_frame(self, layer: Callable[[Any], Any], x: Frames) -> Frames:
         return [layer(frame) for frame in x]
@@ -212,6 +271,8 @@ class _Builder:
         return self.per_frame(layers.Activation(cfg.activation, name=f"{name}_act"), x)
 
     def convlstm(self, x: Frames, filters: int, name: str, last_only: bool) -> Frames:
+        if self.step:
+            return [self.convlstm_step(x[0], filters, name)]
         layer = ConvLSTM2DUnrolled(
             filters, self.cfg.kernel_size, return_sequences=not last_only, name=name
         )
@@ -220,10 +281,23 @@ class _Builder:
             return [y]
         return [y[:, t] for t in range(len(x))]
 
+    def convlstm_step(self, x: Any, filters: int, name: str) -> Any:
+        h = keras.Input((None, None, filters), name=f"{name}_h")
+        c = keras.Input((None, None, filters), name=f"{name}_c")
+        h_next, c_next = ConvLSTM2DStep(filters, self.cfg.kernel_size, name=name)([x, h, c])
+        for state, tensor, value in (("h", h, h_next), ("c", c, c_next)):
+            self.inputs.append(tensor)
+            self.outputs.append(layers.Identity(name=f"{name}_{state}_next")(value))
+            self.states.append(
+                StepState(name, f"{name}_{state}", f"{name}_{state}_next", filters, 2**self.level)
+            )
+        return h_next
+
     def block(
         self, x: Frames, level: int, name: str, dilations: tuple[int, int], recurrent: bool
     ) -> Frames:
         cfg = self.cfg
+        self.level = level
         filters = cfg.filters * 2**level
         if recurrent:
             # The last ConvLSTM of the encoder hands only the clip's last frame on.
@@ -328,6 +402,49 @@ def build_convlstm_unet(cfg: UNetConfig) -> keras.Model:
     clip = keras.Input((cfg.time_steps, None, None, cfg.channels_in), name="clip")
     frames = [clip[:, t] for t in range(cfg.time_steps)]
     return keras.Model(clip, _Builder(cfg).network(frames), name="convlstm_unet")
+
+
+def build_convlstm_step(cfg: UNetConfig) -> tuple[keras.Model, list[StepState]]:
+    """Build one time step of the ConvLSTM-U-Net `build_convlstm_unet` describes.
+
+    Inputs ``frame`` and, per ConvLSTM layer, its previous state ``<layer>_h`` and
+    ``<layer>_c`` (NHWC at the layer's stride); outputs the mask (as `build_unet`), then
+    the new states ``<layer>_h_next`` and ``<layer>_c_next``. Run from zero states over
+    frames ``t-T+1 .. t`` it computes what the clip model computes for that clip; its
+    layers are named as the clip model's, so `copy_weights` fills it from a trained one.
+
+    Returns:
+        The uncompiled step model and its states, in input order.
+
+    Raises:
+        ConfigError: If `cfg` describes a frame model.
+    """
+    if cfg.temporal != "convlstm":
+        raise ConfigError(f"build_convlstm_step builds step models; got temporal={cfg.temporal!r}")
+    frame = keras.Input((None, None, cfg.channels_in), name=INPUT_NAME)
+    builder = _Builder(cfg, step=True)
+    prediction = builder.network([frame])
+    heads = list(prediction) if isinstance(prediction, (list, tuple)) else [prediction]
+    model = keras.Model(
+        [frame, *builder.inputs], [*heads, *builder.outputs], name="convlstm_unet_step"
+    )
+    return model, builder.states
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Copy the weights of every layer of `target` from the layer of `source` with its
+    name (a step model from its clip model).
+
+    Raises:
+        ConfigError: If a layer with weights in `target` has no counterpart in `source`.
+    """
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        try:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+        except ValueError as exc:
+            raise ConfigError(f"cannot copy the weights of layer {layer.name!r}: {exc}") from exc
 
 
 def build_model(cfg: UNetConfig) -> keras.Model:

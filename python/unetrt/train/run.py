@@ -110,7 +110,7 @@ def train(
     train_set.epoch = initial_epoch  # a resumed run draws new patches, not epoch 0's again
     model = build_model(cfg.model_config())
     if cfg.train_pretrained_weights is not None:
-        _load_weights(model, _pretrained_path(cfg), optimizer=False)
+        _load_pretrained(model, cfg)
     _freeze(model, cfg)
     metrics: Any = [dice_coefficient, jaccard]
     if isinstance(model.output, (list, tuple)):  # two heads: score the mask
@@ -183,6 +183,35 @@ def _pretrained_path(cfg: TrainConfig) -> Path:
         return builtin_weights(cfg.builtin_weights)[0]
     assert cfg.train_pretrained_weights is not None
     return Path(cfg.train_pretrained_weights)
+
+
+def _load_pretrained(model: Any, cfg: TrainConfig) -> None:
+    """Load ``train_pretrained_weights``. A ConvLSTM model started from a built-in frame
+    model takes every layer the two share (same name and weight shapes: the encoder
+    convolutions, the decoder, the head); its ConvLSTM layers start from their
+    initializers."""
+    path = _pretrained_path(cfg)
+    if cfg.builtin_weights is None or not cfg.is_clip_model:
+        _load_weights(model, path, optimizer=False)
+        return
+    from ..models import builtin_weights
+    from .config import load_config
+
+    _, keys = builtin_weights(cfg.builtin_weights)
+    shipped = load_config({"data_train_images": ".", **keys})
+    if shipped.is_clip_model:
+        _load_weights(model, path, optimizer=False)
+        return
+    frame_model = build_model(shipped.model_config())
+    _load_weights(frame_model, path, optimizer=False)
+    ours = {layer.name: layer for layer in model.layers}
+    for layer in frame_model.layers:
+        target = ours.get(layer.name)
+        weights = layer.get_weights()
+        if target is None or not weights:
+            continue
+        if [w.shape for w in target.get_weights()] == [w.shape for w in weights]:
+            target.set_weights(weights)
 
 
 def _freeze(model: Any, cfg: TrainConfig) -> None:

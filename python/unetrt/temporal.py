@@ -1,0 +1,304 @@
+"""Temporal step models over videos: the state carried frame to frame, exactly tiled.
+
+A step model (contract ``temporal: "stateful"``) takes a frame and, per recurrent state
+(`unetrt.contract.StateSpec`), the state after the previous frame; it returns the
+prediction and the new states. `StatefulExecutor` runs it in one of two modes:
+
+``stream``
+    One step per frame; the state goes from frame to frame over the whole video (from
+    zero at the first frame, and again every ``reset_every`` frames if given). Memory
+    stays constant: two maps per state (the one read, the one written).
+``window``
+    The mask of frame t comes from the ``window`` (default: the contract's
+    ``time_steps``) frames t-T+1..t, run from zero state, frame 0 standing in for the
+    frames before the start of the video: what the model was trained on. T steps per
+    frame; the last T prepared frames are kept.
+
+Tiles are independent for one step only: a state kept per tile would go wrong at tile
+borders, and the error would spread a little further every step. So each state is kept
+as a whole-frame map at its stride (the padded frame's size divided by the stride, in
+the model's layout). Every step cuts each tile's state window from the map (the tile's
+window divided by the stride: windows start on the alignment grid, which the strides
+divide), runs the tiles, and copies each tile's state core into the next map. A state
+core is the tile's frame core with its borders rounded down to the stride (still inside
+the overlap, at least the halo from either window's edge, since window origins and the
+halo are multiples of the alignment), and the last core reaches the padded border. So
+every state pixel comes from a window that holds its whole receptive field, and the
+tiled run equals the whole-frame run on every frame, however long the video.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import masks, tiling
+from .backends.base import channel_axis, spatial_axes
+from .contract import StateSpec
+from .errors import ConfigError, InputError, UnetrtError
+from .model import Model
+from .normalize import Affine
+from .pipeline import (
+    CpuExecutor,
+    ExecutorConfig,
+    FrameJob,
+    VideoStream,
+    _BatchBuffers,
+    check_outputs,
+    finish,
+    stitch,
+)
+
+TEMPORAL_MODES = ("stream", "window")
+
+
+@dataclass(frozen=True)
+class TemporalOptions:
+    """How a step model runs over a video.
+
+    Attributes:
+        mode: ``"stream"`` or ``"window"``.
+        reset_every: Stream mode: restart from zero state every this many frames.
+        window: Window mode: frames per window (default: the contract's ``time_steps``).
+    """
+
+    mode: str = "stream"
+    reset_every: int | None = None
+    window: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in TEMPORAL_MODES:
+            raise ConfigError(f"temporal must be one of {TEMPORAL_MODES}, got {self.mode!r}")
+        for name in ("reset_every", "window"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or int(value) < 1):
+                raise ConfigError(f"{name} must be a positive number of frames, got {value!r}")
+        if self.reset_every is not None and self.mode != "stream":
+            raise ConfigError("reset_every (--reset-every) applies to --temporal stream only")
+        if self.window is not None and self.mode != "window":
+            raise ConfigError("window (--window) applies to --temporal window only")
+
+
+def temporal_options(
+    model: Model,
+    mode: str | None,
+    reset_every: int | None = None,
+    window: int | None = None,
+) -> TemporalOptions | None:
+    """The temporal options for this model, or None for a frame model.
+
+    A step model run without a mode streams.
+
+    Raises:
+        ConfigError: A mode (or its options) given for a frame model.
+    """
+    if not model.stateful:
+        if mode is not None or reset_every is not None or window is not None:
+            kind = model.contract.temporal
+            what = "a frame model" if kind == "none" else f"a {kind!r} model"
+            raise ConfigError(
+                f"--temporal needs a temporal step model (contract temporal 'stateful'); "
+                f"{model.path.name} is {what}"
+            )
+        return None
+    return TemporalOptions(mode or "stream", reset_every, window)
+
+
+class _StateMaps:
+    """The whole-frame state maps of one video: per state, the map read by this step
+    and the one written (swapped after the step)."""
+
+    def __init__(self, states: tuple[StateSpec, ...], layout: str, plan: tiling.TilePlan):
+        self.layout = layout
+        self.size = (plan.padded_h, plan.padded_w)
+        self.current: dict[str, np.ndarray] = {}
+        self.next: dict[str, np.ndarray] = {}
+        for s in states:
+            shape = [plan.padded_h // s.stride, plan.padded_w // s.stride]
+            shape.insert(channel_axis(layout) - 1, s.channels)
+            self.current[s.input] = np.zeros(shape, np.float32)
+            self.next[s.input] = np.empty(shape, np.float32)
+
+    def zero(self) -> None:
+        for array in self.current.values():
+            array.fill(0.0)
+
+    def swap(self) -> None:
+        self.current, self.next = self.next, self.current
+
+
+def _window(layout: str, y: slice, x: slice) -> tuple[slice, ...]:
+    """Index of a (rows, cols) window of a 3-D map in the model's layout."""
+    return (y, x, slice(None)) if layout == "NHWC" else (slice(None), y, x)
+
+
+class StatefulExecutor(CpuExecutor):
+    """The host executor for step models (see the module docstring).
+
+    Frames run one after the other (a step needs the whole state of the step before);
+    the tiles of one frame share engine calls, ``batch`` tiles per call.
+
+    Args:
+        model: The opened step model.
+        config: Tiling, batching and stitching options.
+        options: Stream or window mode.
+    """
+
+    def __init__(self, model: Model, config: ExecutorConfig, options: TemporalOptions) -> None:
+        super().__init__(model, config)
+        self.options = options
+        self.states = model.contract.states
+        self.time_steps = options.window or model.contract.time_steps
+
+    def _run(
+        self,
+        stream: VideoStream,
+        frames: Iterable[np.ndarray],
+        buffers: _BatchBuffers,
+        isolate: bool,
+    ) -> Iterator[np.ndarray | Exception]:
+        for raw in frames:
+            try:
+                job = self._new_job(stream, raw)
+                maps = self._maps(stream, job)
+            except UnetrtError as exc:
+                if not isolate:
+                    raise
+                yield exc
+                continue
+            assert job.frame is not None
+            if self.options.mode == "stream":
+                reset = self.options.reset_every
+                if job.index == 0 or (reset is not None and job.index % reset == 0):
+                    maps.zero()
+                self._step(job.frame, job.affine, job, maps, buffers, predict=True)
+            else:
+                clip = self._clip(stream, job.frame, job.affine)
+                maps.zero()
+                for k, (frame, affine) in enumerate(clip):
+                    last = k == len(clip) - 1
+                    self._step(frame, affine, job, maps, buffers, predict=last)
+            job.frame = None
+            yield finish(job, self.config.threads)
+
+    def _maps(self, stream: VideoStream, job: FrameJob) -> _StateMaps:
+        """The video's state maps, made at its first frame; a frame of another size
+        cannot take the state on."""
+        maps = stream.state.get("maps")
+        plan = job.plan
+        if maps is None:
+            maps = _StateMaps(self.states, self.config.contract.layout, plan)
+            stream.state["maps"] = maps
+        elif maps.size != (plan.padded_h, plan.padded_w):
+            raise InputError(
+                f"{job.label} has another size than the frames before it; a temporal model "
+                f"carries its state from frame to frame and needs frames of one size"
+            )
+        assert isinstance(maps, _StateMaps)
+        return maps
+
+    def _clip(
+        self, stream: VideoStream, frame: np.ndarray, affine: Affine
+    ) -> list[tuple[np.ndarray, Affine]]:
+        """Window mode: this frame and the T-1 before it (frame 0 repeated before the
+        start of the video)."""
+        clip = stream.state.get("clip")
+        if clip is None:
+            steps = self.time_steps
+            clip = stream.state["clip"] = deque([(frame, affine)] * steps, maxlen=steps)
+        else:
+            clip.append((frame, affine))  # a full deque drops its oldest frame
+        return list(clip)
+
+    def _step(
+        self,
+        frame: np.ndarray,
+        affine: Affine,
+        job: FrameJob,
+        maps: _StateMaps,
+        buffers: _BatchBuffers,
+        predict: bool,
+    ) -> None:
+        """One step of the model over every tile of a frame: the state maps advance by
+        one frame; with ``predict`` the tiles' predictions are stitched into ``job``."""
+        plan, layout, threads = job.plan, self.config.contract.layout, self.config.threads
+        shape = self._tile_shape(plan)
+        if buffers.inputs is None or buffers.inputs.shape[1:] != shape:
+            self._allocate(buffers, shape)
+            buffers.states = {}
+        inputs = buffers.inputs
+        assert inputs is not None
+        batch = self.config.batch
+        for first in range(0, plan.n_tiles, batch):
+            tiles = slice(first, min(first + batch, plan.n_tiles))
+            n = tiles.stop - tiles.start
+            tiling.extract_tiles(
+                frame, plan, tiles, affine, layout=layout, out=inputs[:n], threads=threads
+            )
+            state_tiles = self._cut_states(buffers, plan, maps, tiles)
+            rows = batch if self._padded else n
+            out = None if buffers.outputs is None else buffers.outputs[:rows]
+            prediction, new = self.model.step(
+                inputs[:rows], {k: v[:rows] for k, v in state_tiles.items()}, out
+            )
+            slots = [(job, i) for i in range(tiles.start, tiles.stop)]
+            for value in new.values():
+                check_outputs(value[:n], slots)
+            self._stitch_states(new, plan, maps, tiles)
+            if predict:
+                prediction = prediction[:n]
+                check_outputs(prediction, slots)
+                axis = channel_axis(layout)
+                prediction = masks.activate(prediction, self.config.contract.output, axis)
+                stitch(job, prediction, tiles, layout, threads)
+        maps.swap()
+
+    def _cut_states(
+        self, buffers: _BatchBuffers, plan: tiling.TilePlan, maps: _StateMaps, tiles: slice
+    ) -> dict[str, np.ndarray]:
+        """Each tile's state window, cut from the maps into the batch's state buffers."""
+        layout = maps.layout
+        out: dict[str, np.ndarray] = {}
+        for s in self.states:
+            buffer = buffers.states.get(s.input)
+            if buffer is None:
+                shape = [self.config.batch, 0, 0, 0]
+                for axis, extent in zip(
+                    spatial_axes(layout), (plan.tile_h, plan.tile_w), strict=True
+                ):
+                    shape[axis] = extent // s.stride
+                shape[channel_axis(layout)] = s.channels
+                buffer = buffers.states[s.input] = np.zeros(shape, np.float32)
+            source = maps.current[s.input]
+            hs, ws = plan.tile_h // s.stride, plan.tile_w // s.stride
+            for k, row in enumerate(plan.tiles[tiles]):
+                y, x = int(row[0]) // s.stride, int(row[1]) // s.stride
+                buffer[k] = source[_window(layout, slice(y, y + hs), slice(x, x + ws))]
+            out[s.input] = buffer
+        return out
+
+    def _stitch_states(
+        self,
+        new: dict[str, np.ndarray],
+        plan: tiling.TilePlan,
+        maps: _StateMaps,
+        tiles: slice,
+    ) -> None:
+        """Each tile's state core into the next maps (see the module docstring)."""
+        layout = maps.layout
+        for s in self.states:
+            target, values, st = maps.next[s.input], new[s.input], s.stride
+            for k, row in enumerate(plan.tiles[tiles]):
+                wy, wx, y0, y1, x0, x1 = (int(v) for v in row)
+                y1 = plan.padded_h if y1 == plan.height else y1
+                x1 = plan.padded_w if x1 == plan.width else x1
+                ys, xs = slice(y0 // st, y1 // st), slice(x0 // st, x1 // st)
+                local = _window(
+                    layout,
+                    slice(ys.start - wy // st, ys.stop - wy // st),
+                    slice(xs.start - wx // st, xs.stop - wx // st),
+                )
+                target[_window(layout, ys, xs)] = values[k][local]
