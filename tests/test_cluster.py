@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from unetrt import Segmenter
-from unetrt.cluster import MAX_UNIT_FRAMES, unit_size
+from unetrt.cluster import MAX_UNIT_FRAMES, cut_units, unit_size
 from unetrt.io import ZarrWriter, open_frames, write_frames
 
 distributed = pytest.importorskip("distributed", reason="Dask needs unetrt[dask]")
@@ -85,6 +85,53 @@ def test_cluster_masks_equal_local_ones_and_both_workers_work(
     assert sorted(p.name for p in (tmp_path / "dask").iterdir()) == [
         f"{v.stem}_mask{suffix}" for v in videos
     ]
+
+
+def _step_model(folder: Path) -> Path:
+    from unetrt.normalize import Normalization
+    from unetrt.testing import convlstm_step_contract, convlstm_step_model, save
+
+    contract = convlstm_step_contract().replace(normalization=Normalization(method="range"))
+    save(convlstm_step_model(contract=contract), folder / "step.onnx")
+    return folder / "step.onnx"
+
+
+def test_temporal_units_carry_their_lead_in(tmp_path: Path) -> None:
+    step = _step_model(tmp_path)
+    with Segmenter(step, temporal="window", window=4) as seg:
+        units, leads = cut_units([range(0, 10)], 1, seg)
+    assert units == [range(0, 3), range(3, 6), range(6, 9), range(9, 10)]
+    assert leads == [0, 0, 3, 6]  # T-1 = 3 frames before each unit
+    with Segmenter(step) as seg:  # stream: the state of every frame before
+        assert cut_units([range(4, 10)], 2, seg) == ([range(4, 10)], [0])
+    with Segmenter(step, reset_every=3) as seg:
+        units, leads = cut_units([range(4, 14)], 2, seg)
+    assert units == [range(4, 6), range(6, 9), range(9, 12), range(12, 14)]
+    assert leads == [3, 6, 9, 12]  # from the reset before each unit
+
+
+@pytest.mark.parametrize("options", [{}, {"temporal": "window"}, {"reset_every": 4}])
+def test_temporal_model_on_a_cluster_equals_a_local_run(
+    cluster: tuple[str, object], tmp_path: Path, options: dict[str, object]
+) -> None:
+    address, _ = cluster
+    step = _step_model(tmp_path)
+    rng = np.random.default_rng(3)
+    videos = []
+    for i, n in enumerate((11, 7)):
+        videos.append(tmp_path / f"v{i}.tif")
+        tifffile.imwrite(videos[-1], rng.integers(0, 255, (n, 24, 20), dtype=np.uint8))
+    expected = _local(step, videos, tmp_path / "local", **options)
+    for format in ("tiff", "ome-zarr"):
+        with Segmenter(step, **options) as seg:  # type: ignore[arg-type]
+            run = seg.segment_many(
+                videos, tmp_path / format, progress=False, scheduler=address, format=format
+            )
+        assert not run.failed
+        suffix = ".tif" if format == "tiff" else ".ome.zarr"
+        for video, want in zip(videos, expected, strict=True):
+            got = _read(tmp_path / format / f"{video.stem}_mask{suffix}")
+            np.testing.assert_array_equal(got, want)
 
 
 def test_stack_statistics_are_computed_once_and_sent(

@@ -253,6 +253,42 @@ def test_convlstm_model_exports_as_step_model(tmp_path: Path, position: str) -> 
     np.testing.assert_allclose(got["mask"], np.asarray(model(batch)), atol=1e-5)
 
 
+def test_engine_runs_the_step_model_as_keras_runs_the_clip_model(tmp_path: Path) -> None:
+    """Window mode equals the Keras clip model on every clip of a video (frame 0 standing
+    in before the start); stream mode equals the Keras step model run step by step."""
+    from unetrt.export import load_keras_model
+    from unetrt.train.models import build_convlstm_step, copy_weights
+
+    values = {
+        "cnn_name": "lstm_unet",
+        "time_steps": 3,
+        "convlstm_position": "encoder",
+        "model_lossfunction": "bce_dice",
+        "newinfer_normalization": {"method": "none"},
+    }
+    keras_path = _save_model(tmp_path / "lstm", values)
+    contract = export(keras_path, tmp_path / "step.onnx")
+    model = load_keras_model(keras_path)
+    frames = np.random.default_rng(5).random((8, 96, 120), dtype=np.float32)
+    with Segmenter(tmp_path / "step.onnx", temporal="window", tile=88, threads=1) as seg:
+        assert seg.plan_for(96, 120).n_tiles == 10  # cores of 8 to 48 pixels
+        window = list(seg.predict_frames(frames, seg.stream()))
+    for t in range(8):
+        clip = np.stack([frames[max(t - 2 + k, 0)] for k in range(3)])[None, ..., None]
+        expected = np.asarray(model(clip))[0, ..., 0]
+        np.testing.assert_allclose(window[t], expected, atol=1e-5, err_msg=f"frame {t}")
+
+    step, states = build_convlstm_step(load_config({**BASE_CONFIG, **values}).model_config())
+    copy_weights(model, step)
+    feeds = [np.zeros((1, 96 // x.stride, 120 // x.stride, x.channels), np.float32) for x in states]
+    with Segmenter(tmp_path / "step.onnx", tile=88, threads=1) as seg:
+        stream = list(seg.predict_frames(frames, seg.stream()))
+    assert [x.input for x in states] == [x.input for x in contract.states]
+    for t in range(8):
+        mask, *feeds = (np.asarray(y) for y in step([frames[t][None, ..., None], *feeds]))
+        np.testing.assert_allclose(stream[t], mask[0, ..., 0], atol=1e-5, err_msg=f"frame {t}")
+
+
 def test_check_with_real_frames_from_a_stack(tmp_path: Path) -> None:
     stack = np.random.default_rng(4).integers(0, 4000, (5, 30, 42), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")

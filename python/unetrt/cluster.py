@@ -65,6 +65,39 @@ def unit_size(frames: int, threads: int) -> int:
     return max(1, min(MAX_UNIT_FRAMES, math.ceil(frames / (_UNITS_PER_THREAD * max(1, threads)))))
 
 
+def cut_units(
+    missing: Sequence[range], threads: int, seg: Segmenter
+) -> tuple[list[range], list[int]]:
+    """The work units of a video whose frames `missing` are still to do, and the frame
+    each unit starts running at.
+
+    Frame models: units of `unit_size` frames, each run from its own first frame. A
+    temporal model needs the frames before a unit too: in window mode T-1 frames of
+    lead-in per unit; in stream mode the state of every frame before, so one unit per
+    video run from frame 0 (or, with ``reset_every`` N, units cut at multiples of N, each
+    run from the reset before it).
+    """
+    temporal = seg.temporal
+    todo = sum(len(r) for r in missing)
+    if temporal is not None and temporal.mode == "stream" and todo:
+        every = temporal.reset_every
+        if every is None:
+            return [range(missing[0].start, missing[-1].stop)], [0]
+        size = -(-unit_size(todo, threads) // every) * every
+        units = [
+            range(s, min(-(-(s + 1) // size) * size, r.stop))
+            for r in missing
+            for s in sorted({r.start, *range(-(-r.start // size) * size, r.stop, size)})
+        ]
+        return units, [u.start // every * every for u in units]
+    size = unit_size(todo, threads)
+    units = [range(s, min(s + size, r.stop)) for r in missing for s in r[::size]]
+    lead = 0
+    if temporal is not None:  # window mode
+        lead = (temporal.window or seg.contract.time_steps) - 1
+    return units, [max(u.start - lead, 0) for u in units]
+
+
 def segment_on_cluster(
     segmenter: Segmenter,
     sources: Sequence[str | os.PathLike[str]],
@@ -137,6 +170,7 @@ class _Video:
     outputs: list[ResumableOutput]
     stats: Statistics | None
     units: list[range]
+    leads: list[int]  # per unit, the first frame it runs (a temporal model's lead-in)
     started: float = field(default_factory=time.perf_counter)
     written: int = 0  # units handed to the TIFF output, in order
     finished: int = 0  # units done
@@ -224,9 +258,8 @@ class _Run:
             src.close()
             self.failed.append((name, str(exc)))
             return None
-        size = unit_size(sum(len(r) for r in out.missing()), self.threads)
-        units = [range(s, min(s + size, r.stop)) for r in out.missing() for s in r[::size]]
-        video = _Video(name, src, [out], stats, units)
+        units, leads = cut_units(out.missing(), self.threads, self.seg)
+        video = _Video(name, src, [out], stats, units, leads)
         self.open.append(video)
         if not units:
             self._finish(video)
@@ -239,6 +272,7 @@ class _Run:
             _segment_unit,
             self.spec,
             video.source,
+            video.leads[i],
             unit.start,
             unit.stop,
             video.stats,
@@ -333,18 +367,29 @@ def _worker_segmenter(spec: SegmenterSpec) -> tuple[Segmenter, threading.Lock]:
 def _segment_unit(
     spec: SegmenterSpec,
     source: str,
+    lead: int,
     start: int,
     stop: int,
     stats: Statistics | None,
     zarr_partial: str | None,
 ) -> list[np.ndarray] | None:
     """A work unit, on a worker: the masks of frames ``start:stop`` of `source`,
-    written into the partial OME-Zarr image `zarr_partial` or returned (TIFF)."""
+    written into the partial OME-Zarr image `zarr_partial` or returned (TIFF). Frames
+    from `lead` on are run (a temporal model's lead-in), from `start` on kept."""
     seg, lock = _worker_segmenter(spec)
-    with lock, open_frames(source, slice(start, stop)) as src:
+    kept: list[np.ndarray] = []
+    first = start  # the first frame of `kept`
+    with lock, open_frames(source, slice(lead, stop)) as src:
         stream = VideoStream(src.name, stats, src.describe_frame)
-        masks = list(seg.segment_frames(iter(src), stream))
+        for index, mask in enumerate(seg.segment_frames(iter(src), stream), lead):
+            if index < start:
+                continue
+            kept.append(mask)
+            if zarr_partial is not None and len(kept) == MAX_UNIT_FRAMES:
+                # A stream unit spans a whole video: written as it goes, memory bounded.
+                write_frames(Path(zarr_partial), first, kept)
+                first, kept = first + len(kept), []
     if zarr_partial is None:
-        return masks
-    write_frames(Path(zarr_partial), start, masks)
+        return kept
+    write_frames(Path(zarr_partial), first, kept)
     return None
