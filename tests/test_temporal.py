@@ -124,6 +124,34 @@ def test_window_tiled_equals_whole_frame_and_the_reference(
     assert np.abs(stream[-1] - whole[-1]).max() > 1e-4  # the two modes do differ
 
 
+def test_window_mode_runs_the_frame_part_once_per_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import unetrt.temporal
+    from unetrt.stepsplit import split_step_model
+
+    path = _step_model(tmp_path)
+    split = split_step_model(path, "frame", convlstm_step_contract().states)
+    assert split is not None
+    ops = {
+        name: {n.op_type for n in onnx.load_from_string(part).graph.node}
+        for name, part in (("frame", split.frame_part), ("state", split.state_part))
+    }
+    assert "MaxPool" in ops["frame"] and not ops["frame"] & {"Sigmoid", "Tanh"}
+    assert "ConvTranspose" not in ops["state"]  # the decoder is not run for earlier frames
+    assert len(split.boundary_state) == 1 and len(split.boundary_full) == 2  # pooled, skip
+    frames = _video(20)
+    with Segmenter(path, temporal="window", tile=16, threads=1) as seg:
+        assert seg._executor.shares_frame_work  # type: ignore[attr-defined]
+        shared = list(seg.predict_frames(frames, seg.stream()))
+    monkeypatch.setattr(unetrt.temporal, "split_step_model", lambda *args: None)
+    with Segmenter(path, temporal="window", tile=16, threads=1) as seg:
+        assert not seg._executor.shares_frame_work  # type: ignore[attr-defined]
+        plain = list(seg.predict_frames(frames, seg.stream()))
+    for t in range(20):
+        np.testing.assert_allclose(shared[t], plain[t], atol=1e-6, err_msg=f"frame {t}")
+
+
 def _peak_bytes(path: Path, n: int) -> int:
     def frames() -> Iterator[np.ndarray]:
         rng = np.random.default_rng(1)

@@ -408,6 +408,9 @@ class CpuExecutor:
         self._free: list[_BatchBuffers] = []
         self._lock = threading.Lock()
 
+    def close(self) -> None:
+        """Release what the executor holds besides the model (nothing, for this one)."""
+
     def run(
         self, stream: VideoStream, frames: Iterable[np.ndarray], *, isolate: bool = False
     ) -> Iterator[np.ndarray | Exception]:

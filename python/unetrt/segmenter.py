@@ -845,6 +845,7 @@ class Segmenter:
     def close(self) -> None:
         """Finish the frames waiting in the live queue, then release the engine."""
         self._queue.close()
+        self._executor.close()
         self.model.close()
 
     def __enter__(self) -> Segmenter:

@@ -32,10 +32,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from . import masks, tiling
+from .backends import Backend, create_backend
 from .backends.base import channel_axis, spatial_axes
 from .contract import StateSpec
 from .errors import ConfigError, InputError, UnetrtError
@@ -51,6 +53,7 @@ from .pipeline import (
     finish,
     stitch,
 )
+from .stepsplit import StepSplit, split_step_model
 
 TEMPORAL_MODES = ("stream", "window")
 
@@ -107,6 +110,40 @@ def temporal_options(
     return TemporalOptions(mode or "stream", reset_every, window)
 
 
+@dataclass(eq=False)
+class _Parts:
+    """The backends of a split step model (`unetrt.stepsplit`), for window mode."""
+
+    split: StepSplit
+    frame: Backend
+    state: Backend
+    full: Backend
+
+    @classmethod
+    def of(cls, model: Model, threads: int) -> _Parts | None:
+        """The parts of `model` on its backend and device, or None if it cannot be split."""
+        try:
+            split = split_step_model(model.path, model.image.name, model.contract.states)
+        except Exception:  # not an ONNX file (a compiled engine), or onnx cannot read it
+            return None
+        if split is None:
+            return None
+        be = model.backend
+        made: list[Backend] = []
+        try:
+            for part in (split.frame_part, split.state_part, split.full_part):
+                made.append(create_backend(part, be.name, be.device, threads, layout=be.layout))
+        except UnetrtError:
+            for backend in made:
+                backend.close()
+            return None
+        return cls(split, *made)
+
+    def close(self) -> None:
+        for backend in (self.frame, self.state, self.full):
+            backend.close()
+
+
 class _StateMaps:
     """The whole-frame state maps of one video: per state, the map read by this step
     and the one written (swapped after the step)."""
@@ -152,6 +189,20 @@ class StatefulExecutor(CpuExecutor):
         self.options = options
         self.states = model.contract.states
         self.time_steps = options.window or model.contract.time_steps
+        self._parts: _Parts | None = None
+        if options.mode == "window" and self.time_steps > 1:
+            self._parts = _Parts.of(model, config.threads)
+
+    @property
+    def shares_frame_work(self) -> bool:
+        """Window mode: whether the step model's frame part runs once per frame
+        (`unetrt.stepsplit`), not once per window."""
+        return self._parts is not None
+
+    def close(self) -> None:
+        """Release the backends of the split model, if any."""
+        if self._parts is not None:
+            self._parts.close()
 
     def _run(
         self,
@@ -175,8 +226,10 @@ class StatefulExecutor(CpuExecutor):
                 if job.index == 0 or (reset is not None and job.index % reset == 0):
                     maps.zero()
                 self._step(job.frame, job.affine, job, maps, buffers, predict=True)
+            elif self._parts is not None:
+                self._window_split(stream, job, maps, buffers, self._parts)
             else:
-                clip = self._clip(stream, job.frame, job.affine)
+                clip = self._clip(stream, (job.frame, job.affine))
                 maps.zero()
                 for k, (frame, affine) in enumerate(clip):
                     last = k == len(clip) - 1
@@ -200,18 +253,84 @@ class StatefulExecutor(CpuExecutor):
         assert isinstance(maps, _StateMaps)
         return maps
 
-    def _clip(
-        self, stream: VideoStream, frame: np.ndarray, affine: Affine
-    ) -> list[tuple[np.ndarray, Affine]]:
-        """Window mode: this frame and the T-1 before it (frame 0 repeated before the
-        start of the video)."""
+    def _clip(self, stream: VideoStream, entry: Any) -> list[Any]:
+        """Window mode: what is kept of this frame and the T-1 before it (frame 0
+        repeated before the start of the video)."""
         clip = stream.state.get("clip")
         if clip is None:
             steps = self.time_steps
-            clip = stream.state["clip"] = deque([(frame, affine)] * steps, maxlen=steps)
+            clip = stream.state["clip"] = deque([entry] * steps, maxlen=steps)
         else:
-            clip.append((frame, affine))  # a full deque drops its oldest frame
+            clip.append(entry)  # a full deque drops its oldest frame
         return list(clip)
+
+    def _batches(self, plan: tiling.TilePlan) -> list[slice]:
+        batch = self.config.batch
+        return [slice(i, min(i + batch, plan.n_tiles)) for i in range(0, plan.n_tiles, batch)]
+
+    def _window_split(
+        self,
+        stream: VideoStream,
+        job: FrameJob,
+        maps: _StateMaps,
+        buffers: _BatchBuffers,
+        parts: _Parts,
+    ) -> None:
+        """Window mode with a split step model: the frame part once for this frame, the
+        state part over the T-1 frames before it (their stored boundary tensors), the
+        full part on this frame."""
+        plan, layout, threads = job.plan, self.config.contract.layout, self.config.threads
+        inputs = self._inputs(buffers, plan)
+        image = self.model.image.name
+        boundaries = []  # per batch of tiles: this frame's boundary tensors
+        for tiles in self._batches(plan):
+            n = tiles.stop - tiles.start
+            rows = self.config.batch if self._padded else n
+            assert job.frame is not None
+            tiling.extract_tiles(
+                job.frame, plan, tiles, job.affine, layout=layout, out=inputs[:n], threads=threads
+            )
+            made = parts.frame.run({image: inputs[:rows]})
+            kept = {name: made[name].copy() for name in parts.split.boundary_full if name in made}
+            if image in parts.split.boundary_full:
+                kept[image] = inputs[:rows].copy()
+            boundaries.append(kept)
+        entry = [{k: b[k] for k in parts.split.boundary_state} for b in boundaries]
+        clip = self._clip(stream, entry)
+        maps.zero()
+        for earlier in clip[:-1]:
+            for j, tiles in enumerate(self._batches(plan)):
+                n = tiles.stop - tiles.start
+                rows = self.config.batch if self._padded else n
+                feeds = {**earlier[j], **self._cut_states(buffers, plan, maps, tiles, rows)}
+                outs = parts.state.run(feeds)
+                new = {s.input: outs[s.output] for s in self.states}
+                for value in new.values():
+                    check_outputs(value[:n], [(job, i) for i in range(tiles.start, tiles.stop)])
+                self._stitch_states(new, plan, maps, tiles)
+            maps.swap()
+        prediction_name = self.model.prediction.name
+        for j, tiles in enumerate(self._batches(plan)):
+            n = tiles.stop - tiles.start
+            rows = self.config.batch if self._padded else n
+            feeds = {**boundaries[j], **self._cut_states(buffers, plan, maps, tiles, rows)}
+            out = None if buffers.outputs is None else {prediction_name: buffers.outputs[:rows]}
+            prediction = parts.full.run(feeds, out)[prediction_name][:n]
+            slots = [(job, i) for i in range(tiles.start, tiles.stop)]
+            check_outputs(prediction, slots)
+            prediction = masks.activate(
+                prediction, self.config.contract.output, channel_axis(layout)
+            )
+            stitch(job, prediction, tiles, layout, threads)
+
+    def _inputs(self, buffers: _BatchBuffers, plan: tiling.TilePlan) -> np.ndarray:
+        """The input batch for tiles of this plan (state tile buffers made anew with it)."""
+        shape = self._tile_shape(plan)
+        if buffers.inputs is None or buffers.inputs.shape[1:] != shape:
+            self._allocate(buffers, shape)
+            buffers.states = {}
+        assert buffers.inputs is not None
+        return buffers.inputs
 
     def _step(
         self,
@@ -225,25 +344,16 @@ class StatefulExecutor(CpuExecutor):
         """One step of the model over every tile of a frame: the state maps advance by
         one frame; with ``predict`` the tiles' predictions are stitched into ``job``."""
         plan, layout, threads = job.plan, self.config.contract.layout, self.config.threads
-        shape = self._tile_shape(plan)
-        if buffers.inputs is None or buffers.inputs.shape[1:] != shape:
-            self._allocate(buffers, shape)
-            buffers.states = {}
-        inputs = buffers.inputs
-        assert inputs is not None
-        batch = self.config.batch
-        for first in range(0, plan.n_tiles, batch):
-            tiles = slice(first, min(first + batch, plan.n_tiles))
+        inputs = self._inputs(buffers, plan)
+        for tiles in self._batches(plan):
             n = tiles.stop - tiles.start
             tiling.extract_tiles(
                 frame, plan, tiles, affine, layout=layout, out=inputs[:n], threads=threads
             )
-            state_tiles = self._cut_states(buffers, plan, maps, tiles)
-            rows = batch if self._padded else n
+            rows = self.config.batch if self._padded else n
             out = None if buffers.outputs is None else buffers.outputs[:rows]
-            prediction, new = self.model.step(
-                inputs[:rows], {k: v[:rows] for k, v in state_tiles.items()}, out
-            )
+            state_tiles = self._cut_states(buffers, plan, maps, tiles, rows)
+            prediction, new = self.model.step(inputs[:rows], state_tiles, out)
             slots = [(job, i) for i in range(tiles.start, tiles.stop)]
             for value in new.values():
                 check_outputs(value[:n], slots)
@@ -257,9 +367,15 @@ class StatefulExecutor(CpuExecutor):
         maps.swap()
 
     def _cut_states(
-        self, buffers: _BatchBuffers, plan: tiling.TilePlan, maps: _StateMaps, tiles: slice
+        self,
+        buffers: _BatchBuffers,
+        plan: tiling.TilePlan,
+        maps: _StateMaps,
+        tiles: slice,
+        rows: int,
     ) -> dict[str, np.ndarray]:
-        """Each tile's state window, cut from the maps into the batch's state buffers."""
+        """Each tile's state window, cut from the maps into the batch's state buffers
+        (the first `rows` of them: a fixed-batch model's padding rows included)."""
         layout = maps.layout
         out: dict[str, np.ndarray] = {}
         for s in self.states:
@@ -277,7 +393,7 @@ class StatefulExecutor(CpuExecutor):
             for k, row in enumerate(plan.tiles[tiles]):
                 y, x = int(row[0]) // s.stride, int(row[1]) // s.stride
                 buffer[k] = source[_window(layout, slice(y, y + hs), slice(x, x + ws))]
-            out[s.input] = buffer
+            out[s.input] = buffer[:rows]
         return out
 
     def _stitch_states(
