@@ -209,12 +209,17 @@ def test_convlstm_model_exports_as_window(tmp_path: Path) -> None:
     assert [d.dim_value for d in dims] == [0, 2, 0, 0, 1]
 
 
-@pytest.mark.parametrize("position", ["bottleneck", "encoder"])
-def test_convlstm_model_exports_as_step_model(tmp_path: Path, position: str) -> None:
+@pytest.mark.parametrize(
+    ("position", "residual"), [("bottleneck", False), ("encoder", False), ("encoder", True)]
+)
+def test_convlstm_model_exports_as_step_model(
+    tmp_path: Path, position: str, residual: bool
+) -> None:
     clip = {
         "cnn_name": "lstm_unet",
         "time_steps": 3,
         "convlstm_position": position,
+        "convlstm_residual": residual,
         "model_lossfunction": "bce_dice",
     }
     keras_path = _save_model(tmp_path / "lstm", clip)

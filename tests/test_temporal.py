@@ -152,6 +152,26 @@ def test_window_mode_runs_the_frame_part_once_per_frame(
         np.testing.assert_allclose(shared[t], plain[t], atol=1e-6, err_msg=f"frame {t}")
 
 
+def test_live_use_carries_the_state_from_call_to_call(tmp_path: Path) -> None:
+    path = _step_model(tmp_path)
+    frames = _video(10)
+    expected = run_video_reference(onnx.load(path), list(frames))
+    with Segmenter(path, tile=16, threads=1) as seg:
+        one_by_one = [seg.predict_frame(f) for f in frames]  # the Segmenter's live stream
+        camera = seg.stream(name="camera")
+        futures = [seg.submit(f, probabilities=True) for f in frames]
+        submitted = [f.result() for f in futures]
+        again = [seg.predict_frame(f, camera) for f in frames]  # a stream of its own
+    for t in range(10):
+        np.testing.assert_allclose(one_by_one[t], expected[t], atol=1e-5)
+        np.testing.assert_allclose(again[t], expected[t], atol=1e-5)
+    # submit() shares the live stream, which already holds 10 frames of state.
+    assert np.abs(submitted[0] - expected[0]).max() > 1e-4
+    np.testing.assert_allclose(
+        submitted[0], run_video_reference(onnx.load(path), [*frames, frames[0]])[-1], atol=1e-5
+    )
+
+
 def _peak_bytes(path: Path, n: int) -> int:
     def frames() -> Iterator[np.ndarray]:
         rng = np.random.default_rng(1)

@@ -163,6 +163,40 @@ def test_decoder_only_keeps_the_encoder(tmp_path: Path) -> None:
                      "model_train_decoder_only": True})  # fmt: skip
 
 
+def test_a_convlstm_model_starts_from_the_default_frame_model(tmp_path: Path) -> None:
+    images, masks = _frames(tmp_path, 6)
+    clip = {
+        "cnn_name": "lstm_unet",
+        "convlstm_position": "bottleneck",
+        "time_steps": 2,
+        "model_train_decoder_only": True,
+    }
+    trained = keras.models.load_model(
+        train(_config(tmp_path, images, masks, **clip), verbose=0), compile=False
+    )
+    before = _default_keras()
+    # The layers both have: the frozen encoder kept, the decoder trained on from the
+    # default model's; the ConvLSTM that replaces the bottleneck's first convolution new.
+    for name in ("enc0_conv1", "enc2_conv2"):
+        np.testing.assert_array_equal(before.get_layer(name).kernel, trained.get_layer(name).kernel)
+    dec = before.get_layer("dec0_conv1").kernel, trained.get_layer("dec0_conv1").kernel
+    assert 0 < float(np.abs(np.asarray(dec[0]) - np.asarray(dec[1])).max()) < 0.1
+    assert trained.get_layer("bottleneck_convlstm").kernel.shape == (3, 3, 64, 4 * 128)
+    # A residual ConvLSTM started from the frame model computes the frame model (its
+    # projection starts at zero): temporal context is added by training, not guessed.
+    from unetrt.train.models import build_model
+    from unetrt.train.run import _load_pretrained
+
+    residual = load_config(_config(tmp_path, images, masks, **clip, convlstm_residual=True))
+    model = build_model(residual.model_config())
+    _load_pretrained(model, residual)
+    frames = np.random.default_rng(0).random((1, 2, 64, 96, 1), dtype=np.float32)
+    np.testing.assert_allclose(model(frames), before(frames[:, -1]), atol=1e-5)
+    # Only the temporal keys may differ from the frame model's architecture.
+    with pytest.raises(ConfigError, match="filters 32"):
+        load_config(_config(tmp_path, images, masks, **clip, model_n_filters=32))
+
+
 def test_empty_masks_are_warned_about_in_the_summary(tmp_path: Path) -> None:
     images, masks = _frames(tmp_path, 3, empty=(1,))
     with pytest.warns(UserWarning, match="1 training masks are empty"):

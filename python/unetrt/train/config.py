@@ -51,7 +51,7 @@ PRETRAINED_KEYS = (
     "time_steps", "model_lossfunction", "newinfer_normalization", "newinfer_uneven_illumination",
 )  # fmt: skip
 #: The architecture fields a ConvLSTM model adds to a frame model (`UNetConfig`).
-TEMPORAL_FIELDS = ("temporal", "convlstm_position", "time_steps")
+TEMPORAL_FIELDS = ("temporal", "convlstm_position", "convlstm_residual", "time_steps")
 #: A key starting with this is a comment (`unetrt train --write-config` writes them).
 COMMENT_PREFIX = "//"
 
@@ -134,6 +134,7 @@ class TrainConfig:
     upsampling: str | None = None
     downsampling: str | None = None
     convlstm_position: str | None = None
+    convlstm_residual: bool = False
     time_steps: int | None = None
     model_loss_params: dict[str, Any] = field(default_factory=dict)
     # training (seed)
@@ -309,6 +310,7 @@ class TrainConfig:
         overrides.update({k: v for k, v in optional.items() if v is not None})
         if self.is_clip_model:
             overrides["time_steps"] = self.time_steps
+            overrides["convlstm_residual"] = self.convlstm_residual
         return config_from_seed_name(self.cnn_name, **overrides)
 
     def loss(self) -> SegmentationLoss | dict[str, SegmentationLoss]:
@@ -414,7 +416,12 @@ def _check_types(c: TrainConfig) -> None:
     p = c.datagen_foreground_probability
     if p is not None and not _is_number(p):
         raise _fail("datagen_foreground_probability", p, "a number or null")
-    for key in ("batch_norm", "datagen_border_weights", "model_train_decoder_only"):
+    for key in (
+        "batch_norm",
+        "datagen_border_weights",
+        "model_train_decoder_only",
+        "convlstm_residual",
+    ):
         if not isinstance(getattr(c, key), bool):
             raise _fail(key, getattr(c, key), "true or false")
     frames = c.data_exclude_frames
@@ -522,6 +529,8 @@ def _check_values(c: TrainConfig) -> None:
 def _check_consistency(c: TrainConfig) -> None:
     if c.is_clip_model and c.time_steps < 2:  # type: ignore[operator]
         raise _fail("time_steps", c.time_steps, f">= 2 for the ConvLSTM model {c.cnn_name!r}")
+    if c.convlstm_residual and not c.is_clip_model:
+        raise _fail("convlstm_residual", True, "false for a frame model (it needs cnn_name 'lstm_unet')")
     if not c.is_clip_model and c.time_steps != 1:
         raise ConfigError(
             f"time_steps {c.time_steps} needs a ConvLSTM model (cnn_name 'lstm_unet'); "

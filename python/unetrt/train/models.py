@@ -302,7 +302,22 @@ class _Builder:
         if recurrent:
             # The last ConvLSTM of the encoder hands only the clip's last frame on.
             last_only = level == cfg.pools or cfg.convlstm_position == "input"
-            x = self.convlstm(x, filters, f"{name}_convlstm", last_only)
+            h = self.convlstm(x, filters, f"{name}_convlstm", last_only)
+            if cfg.convlstm_residual:
+                if last_only:
+                    x = x[-1:]
+                conv = self.conv(x, filters, f"{name}_conv1", dilation=dilations[0])
+                proj = layers.Conv2D(
+                    filters, 1, kernel_initializer="zeros", name=f"{name}_convlstm_proj"
+                )
+                x = [
+                    layers.Add(
+                        name=f"{name}_convlstm_add_{t}" if len(h) > 1 else f"{name}_convlstm_add"
+                    )([c, proj(y)])
+                    for t, (c, y) in enumerate(zip(conv, h, strict=True))
+                ]
+            else:
+                x = h
         else:
             x = self.conv(x, filters, f"{name}_conv1", dilation=dilations[0])
         rate = cfg.dropouts[level]

@@ -53,6 +53,11 @@ class UNetConfig:
         convlstm_position: Where ConvLSTM layers replace the first convolution of a
             block: ``"input"`` (the first block only), ``"encoder"`` (every encoder
             block and the bottleneck, as the seed's ``UNetLSTM``) or ``"bottleneck"``.
+        convlstm_residual: The ConvLSTM is added beside the block's first convolution
+            instead of replacing it: ``conv1(x) + proj(convlstm(x))``, ``proj`` a 1x1
+            convolution initialized to zero. Started from a frame model's weights, the
+            ConvLSTM model then computes exactly the frame model, and training adds the
+            temporal context to it.
         time_steps: Frames per clip (1 for frame models, at least 2 for ConvLSTM ones).
         kernel_initializer: Keras initializer of the convolution kernels.
     """
@@ -71,6 +76,7 @@ class UNetConfig:
     channels_in: int = 1
     temporal: str = "none"
     convlstm_position: str = "bottleneck"
+    convlstm_residual: bool = False
     time_steps: int = 1
     kernel_initializer: str = "he_uniform"
 
