@@ -238,7 +238,8 @@ def open_model(
             )
         contract, inferred = infer_contract(be, known, graph_source=path, image=image)
         if stored is not None:
-            inferred.update(dict.fromkeys(stated, _stated(stored)))
+            # A contract that names no states (any version-1 one) says there are none.
+            inferred.update(dict.fromkeys(stated | {"states"}, _stated(stored)))
         inferred.update(dict.fromkeys(given, "given"))
         _check_fit(be, image, contract, label)
     except BaseException:
