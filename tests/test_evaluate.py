@@ -193,3 +193,19 @@ def test_default_model_reaches_dice_090_on_u373_gold_truth() -> None:
     report = evaluate(None, u373 / "frames", u373 / "gold_truth")
     assert [int(f.image[1:4]) for f in report.frames] == list(U373_GOLD)
     assert report.mean_dice >= 0.90, report.table()
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("mode", ["stream", "window"])
+def test_default_temporal_model_reaches_dice_090_over_the_whole_video(mode: str) -> None:
+    from unetrt.models import BUILTIN_MODELS
+
+    u373 = _data_root() / "ctc-u373-02"
+    if not (u373 / "gold_truth").is_dir():
+        pytest.skip(f"U373 data not found at {u373} (set UNETRT_DATA to the shared data folder)")
+    model = Path(unetrt.models.__file__).parent / BUILTIN_MODELS["default-temporal"][0]
+    if not model.is_file():
+        pytest.skip("this build ships no default-temporal model")
+    report = evaluate("default-temporal", u373 / "frames", u373 / "gold_truth", temporal=mode)
+    assert [int(f.image[1:4]) for f in report.frames] == list(U373_GOLD)
+    assert report.mean_dice >= 0.90, report.table()

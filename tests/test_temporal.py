@@ -131,7 +131,7 @@ def test_window_mode_runs_the_frame_part_once_per_frame(
     from unetrt.stepsplit import split_step_model
 
     path = _step_model(tmp_path)
-    split = split_step_model(path, "frame", convlstm_step_contract().states)
+    split = split_step_model(path, "frame", "mask", convlstm_step_contract().states)
     assert split is not None
     ops = {
         name: {n.op_type for n in onnx.load_from_string(part).graph.node}
@@ -170,6 +170,50 @@ def test_live_use_carries_the_state_from_call_to_call(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         submitted[0], run_video_reference(onnx.load(path), [*frames, frames[0]])[-1], atol=1e-5
     )
+
+
+def _variant(path: Path, name: str, edit: object) -> Path:
+    model = onnx.load(path)
+    edit(model)  # type: ignore[operator]
+    out = path.with_name(f"{name}.onnx")
+    save(model, out)
+    return out
+
+
+def _constant_split_sizes(model: onnx.ModelProto) -> None:
+    """The gates' Split reads its sizes from a Constant node (as PyTorch exports it)."""
+    from onnx import helper, numpy_helper
+
+    split = next(n for n in model.graph.node if n.op_type == "Split")
+    sizes = numpy_helper.from_array(np.array([4, 4, 4, 4], np.int64), "sizes")
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["sizes"], value=sizes))
+    split.input.append("sizes")
+
+
+def _auxiliary_outputs(model: onnx.ModelProto) -> None:
+    """Outputs made from the frame alone, besides the prediction and the states."""
+    from onnx import TensorProto, helper
+
+    relu = next(n for n in model.graph.node if n.op_type == "Relu").output[0]
+    model.graph.node.append(helper.make_node("Relu", ["frame"], ["aux"]))
+    for name in (relu, "aux"):
+        model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+
+
+@pytest.mark.parametrize("edit", [_constant_split_sizes, _auxiliary_outputs])
+def test_window_split_of_other_graph_shapes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: object
+) -> None:
+
+    path = _variant(_step_model(tmp_path, "NCHW"), "variant", edit)
+    frames = _video(8)
+    with Segmenter(path, temporal="window", tile=16, threads=1) as seg:
+        assert seg._executor.shares_frame_work  # type: ignore[attr-defined]
+        shared = list(seg.predict_frames(frames, seg.stream()))
+    model = onnx.load(_step_model(tmp_path, "NCHW"))
+    for t in range(8):
+        expected = window_reference(model, list(frames), t, 3)
+        np.testing.assert_allclose(shared[t], expected, atol=1e-5, err_msg=f"frame {t}")
 
 
 def _peak_bytes(path: Path, n: int) -> int:
@@ -267,8 +311,26 @@ def test_temporal_model_given_a_single_image(tmp_path: Path, capsys: pytest.Capt
 def test_frames_of_another_size_mid_video(tmp_path: Path) -> None:
     path = _step_model(tmp_path)
     frames = [*_video(3), np.zeros((H + 2, W), np.float32)]
-    with pytest.raises(InputError, match="frame 3 of frames has another size"):
+    with pytest.raises(InputError, match="frame 3 of frames is 42 x 56 pixels, the frames"):
         _run(path, frames)  # type: ignore[arg-type]
+    # One pixel smaller pads to the same size: still another frame size, in every mode.
+    smaller = [*_video(2), np.zeros((H - 1, W - 1), np.float32)]
+    for options in ({}, {"temporal": "window"}):
+        with pytest.raises(InputError, match="frame 2 of frames is 39 x 55 pixels"):
+            _run(path, smaller, **options)  # type: ignore[arg-type]
+
+
+def test_a_stream_keeps_the_state_of_its_own_model_and_mode(tmp_path: Path) -> None:
+    path = _step_model(tmp_path)
+    frames = _video(3)
+    with (
+        Segmenter(path, threads=1) as stream_seg,
+        Segmenter(path, temporal="window", threads=1) as window_seg,
+    ):
+        video = stream_seg.stream(name="camera")
+        list(stream_seg.predict_frames(frames, video))
+        with pytest.raises(ConfigError, match="'camera' carries the state of another model"):
+            list(window_seg.predict_frames(frames, video))
 
 
 def test_step_model_contract_mistakes(tmp_path: Path) -> None:

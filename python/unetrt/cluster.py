@@ -241,7 +241,7 @@ class _Run:
 
     def _open(self, source: str | os.PathLike[str], output: Path) -> _Video | None:
         """Open a video and its output; a video with nothing left to do is finished."""
-        from .segmenter import check_outputs
+        from .segmenter import check_outputs, check_video
 
         name = os.fspath(source)
         try:
@@ -252,6 +252,7 @@ class _Run:
         try:
             check_outputs(src.path, output, None)
             check_shape(src.frame_shape, self.seg.contract.channels)
+            check_video(self.seg, src)
             stats = self.seg.stack_statistics(src)
             out = self.seg.open_output(src, output, "masks", self.resume)
         except (UnetrtError, ValueError) as exc:

@@ -591,11 +591,8 @@ class Segmenter:
                 stream = None
             assert src.frame_shape is not None
             check_shape(src.frame_shape, self.contract.channels)
-            if self.temporal is not None and total == 1:
-                raise InputError(
-                    f"{src.name} is a single image; a temporal model segments videos "
-                    f"(use a frame model for single images, e.g. --model default)"
-                )
+            if isinstance(src, FrameSource):
+                check_video(self, src)
             with ExitStack() as writers:
                 if isinstance(src, FollowedFrames):
                     # Entered first, left last: a Ctrl-C pressed while the outputs are
@@ -797,6 +794,9 @@ class Segmenter:
         if self.temporal is None or not todo:
             return todo
         start = 0
+        every = self.temporal.reset_every
+        if every is not None:  # stream mode: from the reset before the first frame wanted
+            start = todo[0] // every * every
         if self.temporal.mode == "window":
             assert isinstance(self._executor, StatefulExecutor)
             start = max(todo[0] - (self._executor.time_steps - 1), 0)
@@ -866,6 +866,15 @@ def default_output(source: Path, format: str | None = None) -> Path:
     stem = source.name if is_folder else source.name.split(".")[0]
     suffix = ".ome.zarr" if format == "ome-zarr" else ".tif"
     return source.parent / f"{stem}_mask{suffix}"
+
+
+def check_video(segmenter: Segmenter, src: FrameSource) -> None:
+    """Raises InputError when a temporal model is given a single image."""
+    if segmenter.temporal is not None and len(src) == 1:
+        raise InputError(
+            f"{src.name} is a single image; a temporal model segments videos "
+            f"(use a frame model for single images, e.g. --model default)"
+        )
 
 
 def check_format(format: str | None, output: Path | None) -> None:

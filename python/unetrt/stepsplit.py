@@ -46,7 +46,8 @@ class StepSplit:
     Attributes:
         frame_part: Input: the image input. Outputs: `boundary_full` (but the image).
         state_part: Inputs: `boundary_state` and the state inputs. Outputs: the states.
-        full_part: Inputs: `boundary_full` and the state inputs. Outputs: the model's.
+        full_part: Inputs: `boundary_full` and the state inputs. Outputs: the prediction
+            and the states.
         boundary_state: Frame-part tensors the state part reads (kept per frame).
         boundary_full: Frame-part tensors the full part reads.
     """
@@ -59,13 +60,17 @@ class StepSplit:
 
 
 def split_step_model(
-    model: str | os.PathLike[str] | bytes, image: str, states: Iterable[StateSpec]
+    model: str | os.PathLike[str] | bytes,
+    image: str,
+    prediction: str,
+    states: Iterable[StateSpec],
 ) -> StepSplit | None:
     """Cut a step model into its frame, state and full parts (see the module docstring).
 
     Args:
         model: The ONNX step model (file or bytes).
         image: Its image input.
+        prediction: Its prediction output.
         states: Its states.
 
     Returns:
@@ -80,34 +85,36 @@ def split_step_model(
     states = list(states)
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
     graph = proto.graph
-    state_inputs = {s.input for s in states}
-    # Tensors that depend on a state input, and the nodes that make them.
-    dependent = set(state_inputs)
-    recurrent = []
-    for node in graph.node:  # ONNX nodes are topologically sorted
-        if any(name in dependent for name in node.input):
-            dependent.update(node.output)
-            recurrent.append(node)
-    made_by_frame_part = {image} | {
-        out for node in graph.node if node not in recurrent for out in node.output
-    }
+    nodes = list(graph.node)  # ONNX nodes are topologically sorted
+    on_states = _downstream(nodes, {s.input for s in states})
+    on_image = _downstream(nodes, {image})
+    recurrent = [n for n in nodes if on_states.intersection(n.output)]
+    per_frame = [n for n in nodes if on_image.intersection(n.output) and n not in recurrent]
+    # Nodes that read neither (constants, shapes of weights) go into every part needing them.
+    fixed = [n for n in nodes if not (on_states | on_image).intersection(n.output)]
+    made_per_frame = {image} | {out for n in per_frame for out in n.output}
 
-    def needed(nodes: list[Any], outputs: Iterable[str]) -> list[Any]:
+    def needed(among: list[Any], outputs: Iterable[str]) -> list[Any]:
+        """The nodes of `among` that `outputs` are computed with, in graph order."""
+        allowed = {id(n) for n in among}
         wanted, kept = set(outputs), []
         for node in reversed(nodes):
-            if wanted.intersection(node.output):
+            if id(node) in allowed and wanted.intersection(node.output):
                 kept.append(node)
                 wanted.update(node.input)
         return kept[::-1]
 
-    outputs = [o.name for o in graph.output]
-    state_nodes = needed(recurrent, [s.output for s in states])
-    full_nodes = needed(recurrent, outputs)
-    boundary_state = _reads(state_nodes, made_by_frame_part)
-    boundary_full = _reads(full_nodes, made_by_frame_part)
+    state_outputs = [s.output for s in states]
+    outputs = [prediction, *state_outputs]
+    if prediction not in on_states:
+        return None  # a prediction that ignores the states: nothing recurrent to share
+    state_nodes = needed(recurrent + fixed, state_outputs)
+    full_nodes = needed(recurrent + fixed, outputs)
+    boundary_state = _reads(state_nodes, made_per_frame)
+    boundary_full = _reads(full_nodes, made_per_frame)
     if not boundary_state or boundary_state == [image]:
         return None  # nothing per frame to share
-    frame_nodes = needed([n for n in graph.node if n not in recurrent], boundary_full)
+    frame_nodes = needed(per_frame + fixed, boundary_full)
 
     inferred = shape_inference.infer_shapes(proto)
     infos = {
@@ -149,6 +156,15 @@ def split_step_model(
         boundary_state=tuple(boundary_state),
         boundary_full=tuple(boundary_full),
     )
+
+
+def _downstream(nodes: list[Any], sources: set[str]) -> set[str]:
+    """The tensors computed from any of `sources` (and the sources)."""
+    reached = set(sources)
+    for node in nodes:
+        if reached.intersection(node.input):
+            reached.update(node.output)
+    return reached
 
 
 def _reads(nodes: list[Any], available: set[str]) -> list[str]:

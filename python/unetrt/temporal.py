@@ -123,7 +123,9 @@ class _Parts:
     def of(cls, model: Model, threads: int) -> _Parts | None:
         """The parts of `model` on its backend and device, or None if it cannot be split."""
         try:
-            split = split_step_model(model.path, model.image.name, model.contract.states)
+            split = split_step_model(
+                model.path, model.image.name, model.prediction.name, model.contract.states
+            )
         except Exception:  # not an ONNX file (a compiled engine), or onnx cannot read it
             return None
         if split is None:
@@ -150,6 +152,7 @@ class _StateMaps:
 
     def __init__(self, states: tuple[StateSpec, ...], layout: str, plan: tiling.TilePlan):
         self.layout = layout
+        self.frame_size = (plan.height, plan.width)
         self.size = (plan.padded_h, plan.padded_w)
         self.current: dict[str, np.ndarray] = {}
         self.next: dict[str, np.ndarray] = {}
@@ -229,7 +232,8 @@ class StatefulExecutor(CpuExecutor):
             elif self._parts is not None:
                 self._window_split(stream, job, maps, buffers, self._parts)
             else:
-                clip = self._clip(stream, (job.frame, job.affine))
+                # A copy: the caller (or the live queue's slot) may reuse its frame array.
+                clip = self._clip(stream, (np.array(job.frame, copy=True), job.affine))
                 maps.zero()
                 for k, (frame, affine) in enumerate(clip):
                     last = k == len(clip) - 1
@@ -239,16 +243,33 @@ class StatefulExecutor(CpuExecutor):
 
     def _maps(self, stream: VideoStream, job: FrameJob) -> _StateMaps:
         """The video's state maps, made at its first frame; a frame of another size
-        cannot take the state on."""
+        cannot take the state on, nor can another model or mode."""
+        owner = (
+            str(self.model.path),
+            self.states,
+            self.config.contract.layout,
+            self.options,
+            self.time_steps,
+            self._parts is not None,
+        )
+        if stream.state.setdefault("owner", owner) != owner:
+            raise ConfigError(
+                f"stream {stream.name!r} carries the state of another model or temporal "
+                f"mode; open a new stream (Segmenter.stream()) for this Segmenter"
+            )
         maps = stream.state.get("maps")
         plan = job.plan
         if maps is None:
             maps = _StateMaps(self.states, self.config.contract.layout, plan)
             stream.state["maps"] = maps
-        elif maps.size != (plan.padded_h, plan.padded_w):
+        elif maps.frame_size != (plan.height, plan.width) or maps.size != (
+            plan.padded_h,
+            plan.padded_w,
+        ):
             raise InputError(
-                f"{job.label} has another size than the frames before it; a temporal model "
-                f"carries its state from frame to frame and needs frames of one size"
+                f"{job.label} is {plan.height} x {plan.width} pixels, the frames before it "
+                f"{maps.frame_size[0]} x {maps.frame_size[1]}; a temporal model carries its "
+                f"state from frame to frame and needs frames of one size"
             )
         assert isinstance(maps, _StateMaps)
         return maps

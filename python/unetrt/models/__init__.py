@@ -20,6 +20,11 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
         "default.onnx",
         "U-Net for phase-contrast cells (CTC U373; Dice 0.916 on its gold truth)",
     ),
+    "default-temporal": (
+        "default-temporal.onnx",
+        "the default U-Net with a ConvLSTM at its bottleneck: a step model for videos "
+        "(--temporal stream|window)",
+    ),
 }
 
 #: The model used when none is given.

@@ -530,7 +530,9 @@ def _check_consistency(c: TrainConfig) -> None:
     if c.is_clip_model and c.time_steps < 2:  # type: ignore[operator]
         raise _fail("time_steps", c.time_steps, f">= 2 for the ConvLSTM model {c.cnn_name!r}")
     if c.convlstm_residual and not c.is_clip_model:
-        raise _fail("convlstm_residual", True, "false for a frame model (it needs cnn_name 'lstm_unet')")
+        raise _fail(
+            "convlstm_residual", True, "false for a frame model (it needs cnn_name 'lstm_unet')"
+        )
     if not c.is_clip_model and c.time_steps != 1:
         raise ConfigError(
             f"time_steps {c.time_steps} needs a ConvLSTM model (cnn_name 'lstm_unet'); "
