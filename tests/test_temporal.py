@@ -201,10 +201,7 @@ def _auxiliary_outputs(model: onnx.ModelProto) -> None:
 
 
 @pytest.mark.parametrize("edit", [_constant_split_sizes, _auxiliary_outputs])
-def test_window_split_of_other_graph_shapes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: object
-) -> None:
-
+def test_window_split_of_other_graph_shapes(tmp_path: Path, edit: object) -> None:
     path = _variant(_step_model(tmp_path, "NCHW"), "variant", edit)
     frames = _video(8)
     with Segmenter(path, temporal="window", tile=16, threads=1) as seg:

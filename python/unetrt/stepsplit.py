@@ -5,8 +5,9 @@ In window mode every frame is part of T windows, and each window runs T steps fr
 state. The nodes of a step that do not depend on any state input (for a ConvLSTM-U-Net
 with its ConvLSTM at the bottleneck: the whole encoder, and the ConvLSTM's input
 convolution) compute the same thing for a frame in every window it belongs to. So the
-step graph is cut in three, by the nodes' dependence on the states (structure, not
-names: it works for foreign step models too):
+step graph is cut in three, by the nodes' dependence on the states and on the image
+(structure, not names: it works for foreign step models too; nodes that read neither,
+such as constants, are copied into every part that needs them):
 
 ``frame part``
     The nodes that depend on no state input. Run once per frame; its outputs are the
