@@ -6,7 +6,10 @@ Runs, on the same video (default: the first 40 frames of ../shared/data/ctc-u373
   (a) the per-frame U-Net (``--frame-model``, default: the built-in ``default``),
   (b) the temporal step model (``--temporal-model``, default: ``default-temporal``) in
       stream mode: one step per frame,
-  (c) the same model in window mode: T steps per frame (T = the model's time_steps),
+  (c) the same model in window mode (T = the model's time_steps): its frame part once
+      per frame, its state part for the T-1 earlier frames of each window
+      (`unetrt.stepsplit`),
+  (d) window mode without the split: T full steps per frame,
 
 each through `Segmenter.predict_frames` with the same tiles and threads, after one
 warm-up frame. It prints frames/s, the ratios against (a) and (b) measured in the same
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetrt import Segmenter
+from unetrt import Segmenter, temporal
 from unetrt.errors import UnetrtError
 from unetrt.io import open_frames
 from unetrt.models import resolve_model
@@ -91,11 +94,18 @@ def main() -> int:
     stream_fps, seg = run(args.temporal_model, frames, temporal="stream", **options)
     rows.append(("(b) temporal, stream", stream_fps, paths[1], seg))
     window_fps, seg = run(args.temporal_model, frames, temporal="window", **options)
-    rows.append((f"(c) temporal, window T={seg.contract.time_steps}", window_fps, paths[1], seg))
-    print(f"{'':<30} {'frames/s':>9} {'vs (a)':>7} {'vs (b)':>7}  model")
+    shared = "frame part shared" if seg._executor.shares_frame_work else "not split"
+    rows.append((f"(c) window T={seg.contract.time_steps}, {shared}", window_fps, paths[1], seg))
+    split, temporal.split_step_model = temporal.split_step_model, lambda *args: None
+    try:
+        plain_fps, seg = run(args.temporal_model, frames, temporal="window", **options)
+    finally:
+        temporal.split_step_model = split
+    rows.append((f"(d) window T={seg.contract.time_steps}, T full steps", plain_fps, paths[1], seg))
+    print(f"{'':<36} {'frames/s':>9} {'vs (a)':>7} {'vs (b)':>7}  model")
     for name, fps, path, seg in rows:
         size = model_size(path)
-        print(f"{name:<30} {fps:9.2f} {fps / frame_fps:7.2f} {fps / stream_fps:7.2f}  {size}")
+        print(f"{name:<36} {fps:9.2f} {fps / frame_fps:7.2f} {fps / stream_fps:7.2f}  {size}")
         seg.close()
     states = rows[1][3].contract.states
     print("states: " + ", ".join(f"{s.input} ({s.channels} ch, stride {s.stride})" for s in states))
