@@ -158,6 +158,52 @@ def test_receptive_field_bounds_an_impulse_response(changes: dict) -> None:
         assert reach == radius
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"convlstm_position": "bottleneck"},
+        {"convlstm_position": "encoder"},
+        {"convlstm_position": "input", "convlstm_residual": True, "dilation": 2},
+    ],
+)
+def test_one_step_field_bounds_impulses_into_the_frame_and_the_states(changes: dict) -> None:
+    """The step model's halo: impulses into the frame or any state input move the mask
+    and the new states (a state pixel counted as the frame pixels it covers) no farther
+    than `receptive_field(cfg, steps=1)`."""
+    from unetrt.train.models import build_convlstm_step
+
+    cfg = UNetConfig(**TINY, activation="elu", temporal="convlstm", time_steps=3, **changes)
+    keras.utils.set_random_seed(0)
+    model, states = build_convlstm_step(cfg)
+    for layer in model.layers:  # nonzero projections, so the ConvLSTM path counts
+        if layer.name.endswith("_proj"):
+            layer.kernel.assign(np.full(layer.kernel.shape, 0.1, np.float32))
+    size, rng = 128, np.random.default_rng(1)
+    strides = [1] + [s.stride for s in states]
+    inputs = [rng.normal(size=(1, size, size, 1)).astype("float32")] + [
+        rng.normal(size=(1, size // s.stride, size // s.stride, s.channels)).astype("float32")
+        for s in states
+    ]
+    base = [np.asarray(y) for y in model(inputs)]
+    radius, reach = receptive_field(cfg, steps=1), 0
+    for k, stride in enumerate(strides):
+        for centre in (size // 2, size // 2 + 8):
+            c = centre // stride
+            moved = [x.copy() for x in inputs]
+            moved[k][0, c, c, :] += 50.0
+            for out, ref, s_out in zip(model(moved), base, [1] + strides[1:], strict=True):
+                changed = np.abs(np.asarray(out) - ref).max(axis=(0, 3)) > 0
+                rows, cols = np.nonzero(changed)
+                if rows.size == 0:
+                    continue
+                # Frame-pixel extent of the changed output pixels and of the impulse.
+                lo = min(rows.min(), cols.min()) * s_out
+                hi = (max(rows.max(), cols.max()) + 1) * s_out - 1
+                reach = max(reach, c * stride - lo, hi - (c * stride + stride - 1))
+    assert 0 < reach <= radius
+    assert radius < receptive_field(cfg)  # a clip reaches farther than one step
+
+
 def test_receptive_field_by_hand() -> None:
     # 3x3 convs, maxpool, transposed convs. Bottleneck: two convs, radius 2. Each level
     # wraps the one below as encoder (2) + pool (1) + 2 * inner + decoder (2).

@@ -192,13 +192,13 @@ def _contract_from_config(model: Any, config: TrainConfig, window: bool) -> Mode
         )
     if window and cfg.temporal != "convlstm":
         raise ExportError("--window exports ConvLSTM models as clip models; this is a frame model")
-    # One step's field over all its inputs: the frame path through the ConvLSTM's input
-    # kernel covers the recurrent kernel's path from the state (same size, same level).
-    halo = config.halo if config.halo is not None else receptive_field(cfg)
     temporal = "none"
     states: tuple[StateSpec, ...] = ()
     if cfg.temporal == "convlstm":
         temporal = "window" if window else "stateful"
+    # A step model's halo is one step's field over all its inputs (`receptive_field`).
+    steps = 1 if temporal == "stateful" else None
+    halo = config.halo if config.halo is not None else receptive_field(cfg, steps)
     if temporal == "stateful":
         from .train.models import build_convlstm_step
 

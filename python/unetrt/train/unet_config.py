@@ -191,26 +191,34 @@ def _convlstm_at(cfg: UNetConfig, level: int) -> bool:
     return True
 
 
-def receptive_field(cfg: UNetConfig) -> int:
+def receptive_field(cfg: UNetConfig, steps: int | None = None) -> int:
     """Receptive-field radius in pixels: how far an input pixel can move an output pixel.
 
     An output pixel depends only on input pixels at most this far away along each axis,
     so a tile with this much context on every side gives the same output as the whole
     frame (the export's ``halo``). The bound follows the deepest path (encoder,
-    bottleneck, decoder); a ConvLSTM layer reaches ``time_steps`` times as far as a
-    convolution, since its state is convolved once per frame.
+    bottleneck, decoder); a ConvLSTM layer run over ``steps`` frames reaches ``steps``
+    times as far as a convolution, since its state is convolved once per frame.
 
     Args:
         cfg: The model architecture.
+        steps: Frames the ConvLSTM layers run over: ``cfg.time_steps`` (the clip model,
+            the default), or 1 for one step of the step model, whose field over all its
+            inputs (frame and states) is the frame path's: the state's recurrent
+            convolution has the size and level of the input convolution it sits beside.
 
     Returns:
         The radius in input pixels.
     """
     r = (cfg.kernel_size - 1) // 2
     k = cfg.kernel_size
+    steps = cfg.time_steps if steps is None else steps
 
     def block(level: int, dilations: tuple[int, int]) -> int:
-        first = r * cfg.time_steps if _convlstm_at(cfg, level) else r * dilations[0]
+        first = r * dilations[0]
+        if _convlstm_at(cfg, level):
+            # Beside the first convolution (residual) or instead of it.
+            first = max(r * steps, first) if cfg.convlstm_residual else r * steps
         return first + r * dilations[1]
 
     if cfg.downsampling == "maxpool":
