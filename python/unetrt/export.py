@@ -202,8 +202,8 @@ def _contract_from_config(model: Any, config: TrainConfig, window: bool) -> Mode
     if temporal == "stateful":
         from .train.models import build_convlstm_step
 
-        _, steps = build_convlstm_step(cfg)
-        states = tuple(StateSpec(x.input, x.output, x.channels, x.stride) for x in steps)
+        _, built = build_convlstm_step(cfg)
+        states = tuple(StateSpec(x.input, x.output, x.channels, x.stride) for x in built)
     return ModelContract(
         channels=cfg.channels_in,
         layout="NHWC",
