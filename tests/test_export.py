@@ -275,8 +275,9 @@ def test_engine_runs_the_step_model_as_keras_runs_the_clip_model(tmp_path: Path)
     contract = export(keras_path, tmp_path / "step.onnx")
     model = load_keras_model(keras_path)
     frames = np.random.default_rng(5).random((8, 96, 120), dtype=np.float32)
-    with Segmenter(tmp_path / "step.onnx", temporal="window", tile=88, threads=1) as seg:
-        assert seg.plan_for(96, 120).n_tiles == 10  # cores of 8 to 48 pixels
+    with Segmenter(tmp_path / "step.onnx", temporal="window", tile=56, threads=1) as seg:
+        assert seg.plan_for(96, 120).n_tiles == 54  # cores of 8 to 32 pixels: halo 23, one step
+        assert seg.contract.halo == 23
         window = list(seg.predict_frames(frames, seg.stream()))
     for t in range(8):
         clip = np.stack([frames[max(t - 2 + k, 0)] for k in range(3)])[None, ..., None]
@@ -286,7 +287,7 @@ def test_engine_runs_the_step_model_as_keras_runs_the_clip_model(tmp_path: Path)
     step, states = build_convlstm_step(load_config({**BASE_CONFIG, **values}).model_config())
     copy_weights(model, step)
     feeds = [np.zeros((1, 96 // x.stride, 120 // x.stride, x.channels), np.float32) for x in states]
-    with Segmenter(tmp_path / "step.onnx", tile=88, threads=1) as seg:
+    with Segmenter(tmp_path / "step.onnx", tile=56, threads=1) as seg:
         stream = list(seg.predict_frames(frames, seg.stream()))
     assert [x.input for x in states] == [x.input for x in contract.states]
     for t in range(8):
