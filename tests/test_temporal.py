@@ -273,6 +273,17 @@ def test_evaluate_runs_the_whole_video_and_scores_annotated_frames(tmp_path: Pat
         )
 
 
+def test_info_names_the_states(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _step_model(tmp_path)
+    assert main(["info", str(path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("state ")]
+    assert [line.split(":")[0].split()[1:] for line in lines] == [
+        ["h", "->", "h_out"],
+        ["c", "->", "c_out"],
+    ]
+    assert all("4 channel(s) at 1/2 of the frame" in line for line in lines)
+
+
 # ------------------------------------------------------------------------- mistakes
 def test_frame_model_with_temporal_is_a_clear_error(tmp_path: Path) -> None:
     save(unet_model(filters=2, pools=1), tmp_path / "unet.onnx")

@@ -208,6 +208,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"backend      {backend.name} on {backend.device}")
     print(f"input        {image.name} {_shape(image.shape)} ({backend.layout})")
     print(f"output       {model.output_channels} channel(s), {model.contract.output}")
+    for state in model.contract.states:
+        print(
+            f"state        {state.input} -> {state.output}: {state.channels} channel(s) at "
+            f"1/{state.stride} of the frame (a step model: --temporal stream, the default, "
+            f"or window)"
+        )
     print("contract")
     for key, value in model.contract.to_dict().items():
         source = model.inferred.get(key, "model metadata")
