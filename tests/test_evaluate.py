@@ -180,16 +180,21 @@ def _data_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.mark.data
-def test_default_model_reaches_dice_090_on_u373_gold_truth() -> None:
+def _u373_and_builtin(name: str) -> Path:
+    """The U373 folder, skipping when the data or the built-in model `name` is absent."""
     from unetrt.models import BUILTIN_MODELS
 
     u373 = _data_root() / "ctc-u373-02"
     if not (u373 / "gold_truth").is_dir():
         pytest.skip(f"U373 data not found at {u373} (set UNETRT_DATA to the shared data folder)")
-    default = Path(unetrt.models.__file__).parent / BUILTIN_MODELS["default"][0]
-    if not default.is_file():
-        pytest.skip("this build ships no default model")
+    if not (Path(unetrt.models.__file__).parent / BUILTIN_MODELS[name][0]).is_file():
+        pytest.skip(f"this build ships no {name} model")
+    return u373
+
+
+@pytest.mark.data
+def test_default_model_reaches_dice_090_on_u373_gold_truth() -> None:
+    u373 = _u373_and_builtin("default")
     report = evaluate(None, u373 / "frames", u373 / "gold_truth")
     assert [int(f.image[1:4]) for f in report.frames] == list(U373_GOLD)
     assert report.mean_dice >= 0.90, report.table()
@@ -198,14 +203,7 @@ def test_default_model_reaches_dice_090_on_u373_gold_truth() -> None:
 @pytest.mark.data
 @pytest.mark.parametrize("mode", ["stream", "window"])
 def test_default_temporal_model_reaches_dice_090_over_the_whole_video(mode: str) -> None:
-    from unetrt.models import BUILTIN_MODELS
-
-    u373 = _data_root() / "ctc-u373-02"
-    if not (u373 / "gold_truth").is_dir():
-        pytest.skip(f"U373 data not found at {u373} (set UNETRT_DATA to the shared data folder)")
-    model = Path(unetrt.models.__file__).parent / BUILTIN_MODELS["default-temporal"][0]
-    if not model.is_file():
-        pytest.skip("this build ships no default-temporal model")
+    u373 = _u373_and_builtin("default-temporal")
     report = evaluate("default-temporal", u373 / "frames", u373 / "gold_truth", temporal=mode)
     assert [int(f.image[1:4]) for f in report.frames] == list(U373_GOLD)
     assert report.mean_dice >= 0.90, report.table()
