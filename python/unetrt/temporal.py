@@ -325,10 +325,7 @@ class StatefulExecutor(CpuExecutor):
                 rows = self.config.batch if self._padded else n
                 feeds = {**earlier[j], **self._cut_states(buffers, plan, maps, tiles, rows)}
                 outs = parts.state.run(feeds)
-                new = {s.input: outs[s.output] for s in self.states}
-                for value in new.values():
-                    check_outputs(value[:n], [(job, i) for i in range(tiles.start, tiles.stop)])
-                self._stitch_states(new, plan, maps, tiles)
+                self._take_states({s.input: outs[s.output] for s in self.states}, job, maps, tiles)
             maps.swap()
         prediction_name = self.model.prediction.name
         for j, tiles in enumerate(self._batches(plan)):
@@ -336,13 +333,7 @@ class StatefulExecutor(CpuExecutor):
             rows = self.config.batch if self._padded else n
             feeds = {**boundaries[j], **self._cut_states(buffers, plan, maps, tiles, rows)}
             out = None if buffers.outputs is None else {prediction_name: buffers.outputs[:rows]}
-            prediction = parts.full.run(feeds, out)[prediction_name][:n]
-            slots = [(job, i) for i in range(tiles.start, tiles.stop)]
-            check_outputs(prediction, slots)
-            prediction = masks.activate(
-                prediction, self.config.contract.output, channel_axis(layout)
-            )
-            stitch(job, prediction, tiles, layout, threads)
+            self._take_prediction(parts.full.run(feeds, out)[prediction_name], job, tiles)
 
     def _inputs(self, buffers: _BatchBuffers, plan: tiling.TilePlan) -> np.ndarray:
         """The input batch for tiles of this plan (state tile buffers made anew with it)."""
@@ -375,17 +366,29 @@ class StatefulExecutor(CpuExecutor):
             out = None if buffers.outputs is None else buffers.outputs[:rows]
             state_tiles = self._cut_states(buffers, plan, maps, tiles, rows)
             prediction, new = self.model.step(inputs[:rows], state_tiles, out)
-            slots = [(job, i) for i in range(tiles.start, tiles.stop)]
-            for value in new.values():
-                check_outputs(value[:n], slots)
-            self._stitch_states(new, plan, maps, tiles)
+            self._take_states(new, job, maps, tiles)
             if predict:
-                prediction = prediction[:n]
-                check_outputs(prediction, slots)
-                axis = channel_axis(layout)
-                prediction = masks.activate(prediction, self.config.contract.output, axis)
-                stitch(job, prediction, tiles, layout, threads)
+                self._take_prediction(prediction, job, tiles)
         maps.swap()
+
+    def _take_states(
+        self, new: dict[str, np.ndarray], job: FrameJob, maps: _StateMaps, tiles: slice
+    ) -> None:
+        """A batch's new state tiles, checked, into the next maps."""
+        n = tiles.stop - tiles.start
+        slots = [(job, i) for i in range(tiles.start, tiles.stop)]
+        for value in new.values():
+            check_outputs(value[:n], slots)
+        self._stitch_states(new, job.plan, maps, tiles)
+
+    def _take_prediction(self, prediction: np.ndarray, job: FrameJob, tiles: slice) -> None:
+        """A batch's predictions, checked and activated, into the frame's result."""
+        n = tiles.stop - tiles.start
+        prediction = prediction[:n]
+        check_outputs(prediction, [(job, i) for i in range(tiles.start, tiles.stop)])
+        layout = self.config.contract.layout
+        prediction = masks.activate(prediction, self.config.contract.output, channel_axis(layout))
+        stitch(job, prediction, tiles, layout, self.config.threads)
 
     def _cut_states(
         self,
