@@ -181,7 +181,7 @@ def test_garbage_file(tmp_path: Path) -> None:
     with pytest.raises(
         ModelError, match=r"cannot load model .*garbage\.onnx: Protobuf parsing failed"
     ):
-        create_backend(path)
+        create_backend(path, "onnxruntime")
 
 
 def test_three_dimensional_input() -> None:
@@ -297,14 +297,18 @@ def test_cuda_without_cuda_build() -> None:
 # --- create_backend --------------------------------------------------------------------
 
 
-def test_create_backend_choices() -> None:
+def test_create_backend_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    import unetrt.backends as backends
+
     data = testing.affine_model(1.0, 0.0).SerializeToString()
-    assert isinstance(create_backend(data), OnnxRuntimeBackend)
+    monkeypatch.setattr(backends, "openvino_available", lambda: False)
+    assert isinstance(create_backend(data), OnnxRuntimeBackend)  # auto without OpenVINO
     assert isinstance(create_backend(data, "onnxruntime", threads=1), OnnxRuntimeBackend)
     with pytest.raises(ConfigError, match="backend 'tensorrt' is not available in this build yet"):
         create_backend(data, "tensorrt")
     with pytest.raises(
-        ConfigError, match=r"one of \('auto', 'onnxruntime', 'tensorrt'\), got 'trt'"
+        ConfigError,
+        match=r"one of \('auto', 'onnxruntime', 'openvino', 'tensorrt'\), got 'trt'",
     ):
         create_backend(data, "trt")
 

@@ -11,6 +11,7 @@ import pytest
 from onnx import helper
 
 from unetrt import testing
+from unetrt.backends import openvino_available
 from unetrt.backends.onnxruntime import OnnxRuntimeBackend
 from unetrt.contract import (
     CONTRACT_FIELDS,
@@ -46,14 +47,23 @@ def no_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def count_runs(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Model runs on whichever backend opens the model (ONNX Runtime or OpenVINO)."""
     calls = {"runs": 0}
-    real = OnnxRuntimeBackend.run
+    classes = [OnnxRuntimeBackend]
+    if openvino_available():
+        from unetrt.backends.openvino import OpenVinoBackend
 
-    def counting(self, feeds, out=None):
-        calls["runs"] += 1
-        return real(self, feeds, out)
+        classes.append(OpenVinoBackend)
 
-    monkeypatch.setattr(OnnxRuntimeBackend, "run", counting)
+    def counting(real):
+        def run(self, feeds, out=None):
+            calls["runs"] += 1
+            return real(self, feeds, out)
+
+        return run
+
+    for cls in classes:
+        monkeypatch.setattr(cls, "run", counting(cls.run))
     return calls
 
 

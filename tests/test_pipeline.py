@@ -41,6 +41,7 @@ def test_spec_round_trips_every_option(unet_path: Path) -> None:
     options = dict(
         backend="auto",
         device="cpu",
+        precision=None,
         tile=32,
         halo=12,
         batch=3,
@@ -208,7 +209,7 @@ def test_executor_keeps_several_frames_in_flight(identity_path: Path, monkeypatc
 
     monkeypatch.setattr(OnnxRuntimeBackend, "run", counting)
     frames = [np.full((8, 8), float(i), np.float32) for i in range(7)]
-    with Segmenter(identity_path, batch=3) as seg:
+    with Segmenter(identity_path, batch=3, backend="onnxruntime") as seg:
         out = list(seg.predict_frames(frames))
     assert [float(o[0, 0]) for o in out] == [float(i) for i in range(7)]
     assert batches == [3, 3, 1]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, build_info
+from .backends import BACKENDS, PRECISIONS
 from .errors import ConfigError, UnetrtError, require
 from .io.writer import FORMATS
 from .normalize import METHODS, SCOPES
@@ -45,6 +46,14 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
         "export a trained Keras model to ONNX with its contract (needs unetrt[train])",
         "Convert MODEL.keras to ONNX (input 'frame', dynamic batch/height/width, "
         "the model contract in its metadata) and check ONNX Runtime against Keras.",
+    ),
+    "build-engine": (
+        "build a model for a CPU engine: OpenVINO (fp32, bf16, int8) or ONNX Runtime (int8)",
+        "Build MODEL (an ONNX file or a built-in name) for one backend and precision and "
+        "write it with its contract, so that 'unetrt segment --model OUT' runs it without "
+        "flags. int8 is calibrated on your own frames (--calibration STACK); with "
+        "calibration frames the build reports what the precision costs against float32 "
+        "and refuses a model whose masks drop too far (unless --force).",
     ),
     "evaluate": (
         "segment annotated frames and report Dice, IoU and pixel difference",
@@ -189,12 +198,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
         for name, (_, what) in BUILTIN_MODELS.items():
             print(f"  {name:<14} {what}")
         return 0
-    with open_model(args.model, backend=args.backend, device=args.device) as model:
+    with open_model(
+        args.model, backend=args.backend, device=args.device, precision=args.precision
+    ) as model:
         backend, image = model.backend, model.image
         report = {
             "model": str(model.path),
             "backend": backend.name,
             "device": backend.device,
+            "precision": model.precision,
+            "built": None if model.built is None else model.built.to_dict(),
             "input": {"name": image.name, "shape": list(image.shape)},
             "output": {"name": model.prediction.name, "shape": list(model.prediction.shape)},
             "output_channels": model.output_channels,
@@ -205,7 +218,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"model        {report['model']}")
-    print(f"backend      {backend.name} on {backend.device}")
+    print(f"backend      {backend.name} on {backend.device}, {model.precision}")
+    if model.built is not None:
+        details = ", ".join(f"{k} {json.dumps(v)}" for k, v in model.built.details.items())
+        print(f"built        for {model.built.backend} in {model.built.precision}: {details}")
     print(f"input        {image.name} {_shape(image.shape)} ({backend.layout})")
     print(f"output       {model.output_channels} channel(s), {model.contract.output}")
     for state in model.contract.states:
@@ -297,6 +313,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_engine(args: argparse.Namespace) -> int:
+    from .engines import build_engine
+
+    precision = args.precision or ("int8" if args.int8 else "fp32")
+    if args.int8 and precision != "int8":
+        raise ConfigError(f"--int8 contradicts --precision {args.precision}")
+    report = build_engine(
+        args.model,
+        args.output,
+        backend=args.backend,
+        precision=precision,
+        calibration=args.calibration,
+        calibration_frames=args.calibration_frames,
+        method=args.calibrate,
+        max_dice_drop=args.max_dice_drop,
+        force=args.force,
+        device=args.device,
+        tile=args.tile,
+        threads=args.threads,
+        nan=args.nan,
+        halo=args.halo,
+        threshold=args.threshold,
+        normalization=_normalization_changes(args),
+    )
+    if not args.quiet:
+        print(report)
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .postprocess import PostProcess
@@ -345,24 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_engine_options(seg)
     _add_run_options(seg)
-    seg.add_argument("--halo", default="auto", help="'auto' (from the model) or PIXELS")
+    _add_model_overrides(seg)
     seg.add_argument(
         "--stitch",
         choices=("crop", "blend"),
         default="crop",
         help="crop: exact (default); blend: Gaussian-weighted overlaps",
-    )
-    seg.add_argument("--normalize", choices=METHODS, help="override the model's normalization")
-    seg.add_argument(
-        "--normalize-scope", choices=SCOPES, help="statistics per frame or per stack (sampled)"
-    )
-    seg.add_argument("--percentiles", help="LOW,HIGH for --normalize percentile (e.g. 1,99.8)")
-    seg.add_argument(
-        "--illumination",
-        type=float,
-        metavar="SIGMA",
-        help="correct uneven illumination with a Gaussian background of this "
-        "sigma in pixels (0 turns it off)",
     )
     seg.add_argument(
         "--probabilities", metavar="PATH", help="also write float32 probabilities to PATH"
@@ -470,6 +503,67 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
+    be = _command(sub, "build-engine", _cmd_build_engine)
+    be.add_argument("model", help="ONNX model or built-in model name ('default')")
+    be.add_argument(
+        "-o",
+        "--output",
+        help="file to write: OUT.onnx (onnxruntime) or OUT.xml (openvino, with OUT.bin); "
+        "default <model>.<backend>-<precision>.onnx|xml here",
+    )
+    be.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "onnxruntime", "openvino", "tensorrt"),
+        help="engine to build for (default auto: openvino where unetrt[openvino] is "
+        "installed, else onnxruntime)",
+    )
+    be.add_argument("--device", default="cpu", help="cpu (default)")
+    be.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "int8"),
+        help="fp32 (default), bf16 (openvino, processors with bfloat16 instructions), int8",
+    )
+    be.add_argument("--int8", action="store_true", help="same as --precision int8")
+    be.add_argument(
+        "--calibration",
+        metavar="STACK",
+        help="frames like those you will segment (stack, folder or glob): int8 is "
+        "calibrated on them, and the accuracy against float32 is measured on them",
+    )
+    be.add_argument(
+        "--calibration-frames",
+        type=int,
+        default=32,
+        metavar="N",
+        help="use at most N frames of the calibration stack, evenly spaced (default 32)",
+    )
+    be.add_argument(
+        "--calibrate",
+        choices=("minmax", "percentile", "entropy"),
+        default="minmax",
+        help="onnxruntime int8: how activation ranges are calibrated (default minmax)",
+    )
+    be.add_argument(
+        "--max-dice-drop",
+        type=float,
+        default=0.03,
+        metavar="D",
+        help="refuse the built model when its masks agree with float32 at a Dice below "
+        "1 - D on the calibration frames (default 0.03)",
+    )
+    be.add_argument(
+        "--force", action="store_true", help="keep the built model even if it fails the check"
+    )
+    be.add_argument(
+        "--tile", default="auto", help="tiles for calibration and the check (as for segment)"
+    )
+    be.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    be.add_argument("--nan", type=float, metavar="VALUE", help="read NaN pixels as VALUE")
+    be.add_argument("--threshold", type=float, help="foreground threshold (default: model's)")
+    _add_model_overrides(be)
+    be.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
     ev = _command(sub, "evaluate", _cmd_evaluate)
     ev.add_argument("--images", required=True, help="frames: stack, folder or glob")
     ev.add_argument("--masks", required=True, help="ground-truth masks: stack, folder or glob")
@@ -489,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Segmenter options of `_add_engine_options` and `_add_run_options`."""
     names = (
-        *("backend", "device", "tile", "batch", "threshold", "threads", "nan"),
+        *("backend", "device", "precision", "tile", "batch", "threshold", "threads", "nan"),
         *("temporal", "reset_every", "window"),
     )
     return {name: getattr(args, name) for name in names}
@@ -546,14 +640,38 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_model_overrides(parser: argparse.ArgumentParser) -> None:
+    """Flags that override a model's contract (for foreign models without one)."""
+    parser.add_argument("--halo", default="auto", help="'auto' (from the model) or PIXELS")
+    parser.add_argument("--normalize", choices=METHODS, help="override the model's normalization")
+    parser.add_argument(
+        "--normalize-scope", choices=SCOPES, help="statistics per frame or per stack (sampled)"
+    )
+    parser.add_argument("--percentiles", help="LOW,HIGH for --normalize percentile (e.g. 1,99.8)")
+    parser.add_argument(
+        "--illumination",
+        type=float,
+        metavar="SIGMA",
+        help="correct uneven illumination with a Gaussian background of this "
+        "sigma in pixels (0 turns it off)",
+    )
+
+
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         default="auto",
-        choices=("auto", "onnxruntime", "tensorrt"),
-        help="inference engine (default auto)",
+        choices=BACKENDS,
+        help="inference engine (default auto: a built model's own; on the CPU OpenVINO "
+        "where unetrt[openvino] is installed, else ONNX Runtime)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32 (default), bf16 (OpenVINO, processors with bfloat16 instructions), "
+        "int8 (a model made by unetrt build-engine); default: the built model's, else fp32",
+    )
 
 
 def _version() -> str:

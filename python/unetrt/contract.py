@@ -24,6 +24,9 @@ from .normalize import Normalization
 CONTRACT_KEY = "unetrt"
 #: Suffix of the contract file beside a compiled engine: ``model.engine.unetrt.json``.
 SIDECAR_SUFFIX = ".unetrt.json"
+#: ONNX ``metadata_props`` key (in a sidecar: the key ``"engine"``) describing a model
+#: that ``unetrt build-engine`` made: the backend and precision it was built for.
+ENGINE_KEY = "unetrt.engine"
 #: The training configuration `unetrt train` writes beside its model (read by export).
 CONFIG_NAME = "config.json"
 #: Name of the image input of models exported by unetrt.
@@ -286,6 +289,8 @@ def read_contract(model: str | os.PathLike[str] | bytes) -> StoredContract | Non
             return _read_sidecar(sidecar)
         if not Path(model).is_file():
             raise ModelError(f"cannot load model {os.fspath(model)}: no such file")
+        if not is_onnx_file(model):  # an OpenVINO IR without a sidecar: nothing stated
+            return None
     label = "<model bytes>" if isinstance(model, bytes) else os.fspath(model)
     try:
         text = read_metadata(model).get(CONTRACT_KEY)
@@ -303,18 +308,97 @@ def read_contract(model: str | os.PathLike[str] | bytes) -> StoredContract | Non
     return StoredContract(contract, frozenset(data) & CONTRACT_FIELDS, "ONNX metadata")
 
 
-def _read_sidecar(path: Path) -> StoredContract:
+def _sidecar_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read the model contract {path}: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("contract"), dict):
+    if not isinstance(data, dict):
+        raise ModelError(f"model contract {path} must be a JSON object with a 'contract' object")
+    return data
+
+
+def _read_sidecar(path: Path) -> StoredContract:
+    data = _sidecar_json(path)
+    if not isinstance(data.get("contract"), dict):
         raise ModelError(f"model contract {path} must be a JSON object with a 'contract' object")
     try:
         contract = ModelContract.from_dict(data["contract"])
     except ModelError as exc:
         raise ModelError(f"model contract {path}: {exc}") from exc
     return StoredContract(contract, frozenset(data["contract"]) & CONTRACT_FIELDS, f"{path.name}")
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What ``unetrt build-engine`` built a model file for.
+
+    Attributes:
+        backend: The backend it runs on (``"onnxruntime"``, ``"openvino"``).
+        precision: ``"fp32"``, ``"bf16"`` or ``"int8"``.
+        details: The rest, as JSON values: runtime version, calibration, accuracy.
+    """
+
+    backend: str
+    precision: str
+    details: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form, as stored."""
+        return {"backend": self.backend, "precision": self.precision, **self.details}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> EngineInfo:
+        """Parse the stored form.
+
+        Raises:
+            ModelError: If it is not an object with string ``backend`` and ``precision``.
+        """
+        if not (
+            isinstance(data, dict)
+            and isinstance(data.get("backend"), str)
+            and isinstance(data.get("precision"), str)
+        ):
+            raise ModelError(
+                f"{where}: the engine description must be an object with 'backend' and 'precision'"
+            )
+        rest = {k: v for k, v in data.items() if k not in ("backend", "precision")}
+        return cls(data["backend"], data["precision"], rest)
+
+
+def read_engine(model: str | os.PathLike[str] | bytes) -> EngineInfo | None:
+    """What ``unetrt build-engine`` built a model for (sidecar ``"engine"`` or ONNX
+    metadata ``"unetrt.engine"``), or None for a model it did not build.
+
+    Raises:
+        ModelError: If the description is unreadable or invalid.
+    """
+    from .onnxgraph import read_metadata
+
+    if not isinstance(model, bytes):
+        sidecar = sidecar_path(model)
+        if sidecar.is_file():
+            data = _sidecar_json(sidecar)
+            return (
+                None if "engine" not in data else EngineInfo.from_dict(data["engine"], f"{sidecar}")
+            )
+        if not is_onnx_file(model):
+            return None
+    label = "<model bytes>" if isinstance(model, bytes) else os.fspath(model)
+    text = read_metadata(model).get(ENGINE_KEY)
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"model {label}: the engine description is not valid JSON: {exc}") from exc
+    return EngineInfo.from_dict(data, f"model {label}")
+
+
+def is_onnx_file(model: str | os.PathLike[str]) -> bool:
+    """Whether a model file is ONNX (anything but an OpenVINO IR ``.xml`` or a compiled
+    ``.engine`` / ``.plan``), by its name."""
+    return Path(model).suffix.lower() not in (".xml", ".engine", ".plan")
 
 
 def load_contract(model: str | os.PathLike[str] | bytes) -> ModelContract | None:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend, create_backend
+from .backends import Backend, choose_backend, create_backend
 from .backends.base import (
     ShapeRange,
     TensorSpec,
@@ -48,7 +48,14 @@ from .backends.base import (
     spatial_axes,
 )
 from .closeable import Closeable
-from .contract import ModelContract, StateSpec, StoredContract, read_contract
+from .contract import (
+    EngineInfo,
+    ModelContract,
+    StateSpec,
+    StoredContract,
+    read_contract,
+    read_engine,
+)
 from .errors import ConfigError, ModelError
 from .models import resolve_model
 from .normalize import Normalization
@@ -76,6 +83,9 @@ class Model(Closeable):
             ``"given"`` (an override), ``"default"``, or how it was inferred.
         image: The input that takes frames (tiles).
         prediction: The output the masks come from (the model's first output).
+        precision: What the backend computes in: ``"fp32"``, ``"bf16"``, or ``"int8"``
+            for a model quantized by ``unetrt build-engine``.
+        built: What ``build-engine`` built the file for, None for a plain model.
     """
 
     path: Path
@@ -84,6 +94,8 @@ class Model(Closeable):
     inferred: dict[str, str]
     image: TensorSpec
     prediction: TensorSpec
+    precision: str = "fp32"
+    built: EngineInfo | None = None
 
     @property
     def accepted(self) -> ShapeRange:
@@ -191,6 +203,7 @@ def open_model(
     device: str = "cpu",
     threads: int | None = None,
     overrides: Mapping[str, Any] | None = None,
+    precision: str | None = None,
 ) -> Model:
     """Load a model and settle its contract.
 
@@ -201,12 +214,15 @@ def open_model(
     Args:
         model: The ``.onnx`` file (or a compiled engine with its sidecar), or the name
             of a built-in model (``"default"``); None is the default model.
-        backend: ``"auto"``, ``"onnxruntime"`` or ``"tensorrt"``.
+        backend: ``"auto"``, ``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``
+            (`choose_backend`: a built model's own, else OpenVINO on the CPU where it is
+            installed, else ONNX Runtime).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         threads: CPU threads per inference (``None``: the runtime's default).
         overrides: Contract fields to force, e.g. ``{"halo": 64, "layout": "NCHW"}`` (from
             command-line flags; ``None`` values are ignored). ``normalization`` may be a
             `Normalization`, its dict form, or a method name.
+        precision: ``"fp32"``, ``"bf16"`` or ``"int8"``; None: the built model's, else fp32.
 
     Returns:
         The opened model; close it (or use it as a context manager) when done.
@@ -220,11 +236,13 @@ def open_model(
     path = resolve_model(model)
     label = os.fspath(path)
     stored = read_contract(path)
+    built = read_engine(path)
+    backend, precision = choose_backend(backend, device, precision, built)
     stated = stored.fields if stored is not None else frozenset()
     layout = given.get("layout")
     if layout is None and stored is not None and "layout" in stated:
         layout = stored.contract.layout
-    be = create_backend(path, backend, device, threads, layout=layout)
+    be = create_backend(path, backend, device, threads, layout=layout, precision=precision)
     try:
         known = {k: getattr(stored.contract, k) for k in stated} if stored is not None else {}
         known.update(given)
@@ -245,7 +263,7 @@ def open_model(
     except BaseException:
         be.close()
         raise
-    return Model(path, be, contract, inferred, image, prediction)
+    return Model(path, be, contract, inferred, image, prediction, precision, built)
 
 
 def _stated(stored: StoredContract) -> str:

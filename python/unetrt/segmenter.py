@@ -162,6 +162,7 @@ class SegmenterSpec:
     model: str = DEFAULT_MODEL
     backend: str = "auto"
     device: str = "cpu"
+    precision: str | None = None
     tile: str | int | tuple[int, int] = "auto"
     halo: str | int = "auto"
     batch: int = 1
@@ -227,8 +228,12 @@ class Segmenter:
     Args:
         model: Path to an ONNX model, or the name of a built-in model (``"default"``);
             None uses the default model.
-        backend: ``"auto"`` or ``"onnxruntime"``.
+        backend: ``"auto"`` (a built model's own; else OpenVINO on the CPU where it
+            is installed, else ONNX Runtime), ``"onnxruntime"`` or ``"openvino"``.
         device: ``"cpu"`` or ``"cuda:N"``.
+        precision: ``"fp32"`` (default), ``"bf16"`` (OpenVINO, on processors with
+            bfloat16 instructions), or ``"int8"`` (a model quantized by ``unetrt
+            build-engine``); None: the built model's, else fp32.
         tile: ``"auto"`` (fewest, largest tiles: a whole frame when it fits), a size
             ``256`` / ``"256x512"``.
         halo: ``"auto"`` (from the model contract) or pixels of context per tile side.
@@ -262,6 +267,7 @@ class Segmenter:
         *,
         backend: str = "auto",
         device: str = "cpu",
+        precision: str | None = None,
         tile: str | int | tuple[int, int] = "auto",
         halo: str | int = "auto",
         batch: int = 1,
@@ -303,7 +309,12 @@ class Segmenter:
             overrides["threshold"] = float(threshold)
         self.threads = threads or default_threads()
         self.model: Model = open_model(
-            model, backend=backend, device=device, threads=self.threads, overrides=overrides
+            model,
+            backend=backend,
+            device=device,
+            threads=self.threads,
+            overrides=overrides,
+            precision=precision,
         )
         contract = self.model.contract
         if isinstance(normalization, Mapping):  # partial override of the model's own

@@ -134,7 +134,9 @@ class _Parts:
         made: list[Backend] = []
         try:
             for part in (split.frame_part, split.state_part, split.full_part):
-                made.append(create_backend(part, be.name, be.device, threads, layout=be.layout))
+                made.append(
+                    create_backend(part, be.name, be.device, threads, be.layout, model.precision)
+                )
         except UnetrtError:
             for backend in made:
                 backend.close()

@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,10 @@ def parse_device(spec: str | Device) -> Device:
     raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N' (N = GPU number), got {spec!r}")
 
 
+#: Precisions a backend may compute in (``int8`` only from a quantized model).
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
 @dataclass(frozen=True)
 class BackendOptions:
     """How to run a model, independent of the runtime.
@@ -74,16 +78,22 @@ class BackendOptions:
         threads: CPU threads for one inference (``None``: the runtime's default, usually
             one per physical core).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; normalised to ``"cpu"`` / ``"cuda:N"``.
+        precision: What the runtime computes in where the model leaves it free:
+            ``"fp32"`` (default) or ``"bf16"`` (OpenVINO). A quantized model's int8
+            layers stay int8 either way.
     """
 
     threads: int | None = None
     device: str = "cpu"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.threads is not None and (
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
         ):
             raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         # Frozen: normalise through object.__setattr__ so "cuda" and "cuda:0" compare equal.
         object.__setattr__(self, "device", str(parse_device(self.device)))
 
@@ -196,6 +206,76 @@ def detect_layout(shape: tuple[int | None, ...]) -> tuple[str | None, str]:
     if d1 is not None and (d3 is None or d1 < d3):
         return "NCHW", f"channels first: input shape {format_shape(shape)}"
     return None, f"input shape {format_shape(shape)} does not tell where the channels are"
+
+
+def check_tensor(
+    label: str,
+    role: str,
+    name: str,
+    shape: tuple[int | None, ...],
+    float_type: bool,
+    type_name: str,
+    rank: int | None,
+) -> None:
+    """Refuse a model tensor unetrt cannot feed or read.
+
+    Args:
+        label: The model, in words.
+        role: ``"input"`` or ``"output"``.
+        name: The tensor's name.
+        shape: Its shape, ``None`` for dynamic dims.
+        float_type: Whether its element type is float32 or float16.
+        type_name: Its element type as the runtime names it.
+        rank: The rank it must have, ``None`` for any.
+
+    Raises:
+        ModelError: Naming the tensor and what unetrt needs.
+    """
+    if rank is not None and len(shape) != rank:
+        raise ModelError(
+            f"model {label}: {role} {name!r} has shape {format_shape(shape)} "
+            f"(rank {len(shape)}); unetrt needs a 4-D image {role} "
+            f"(batch, height, width, channels or batch, channels, height, width)"
+        )
+    if not float_type:
+        raise ModelError(
+            f"model {label}: {role} {name!r} is {type_name}; unetrt needs float32 or float16"
+        )
+
+
+def check_feeds(
+    label: str, inputs: Mapping[str, TensorSpec], feeds: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The feeds of one run, checked (every input, nothing else, 4-D) and converted to
+    contiguous arrays of each input's dtype.
+
+    Raises:
+        ModelError: If a feed is missing, unknown or not 4-D.
+    """
+    if set(feeds) != set(inputs):
+        raise ModelError(f"model {label} takes inputs {sorted(inputs)}, got {sorted(feeds)}")
+    converted = {}
+    for name, array in feeds.items():
+        if array.ndim != 4:
+            raise ModelError(f"model {label} takes a 4-D batch, got shape {tuple(array.shape)}")
+        converted[name] = np.ascontiguousarray(array, dtype=inputs[name].dtype)
+    return converted
+
+
+def describe_feeds(
+    inputs: Mapping[str, TensorSpec], feeds: Mapping[str, np.ndarray], layout: str
+) -> str:
+    """The feeds of a failed run against the model's inputs, in words."""
+    if len(inputs) == 1:
+        ((array,), (spec,)) = (feeds.values(), inputs.values())
+        return (
+            f"a batch of shape {tuple(array.shape)} "
+            f"(model input {format_shape(spec.shape)}, {layout})"
+        )
+    parts = [
+        f"{n!r} {tuple(a.shape)} (model {format_shape(inputs[n].shape)})" for n, a in feeds.items()
+    ]
+    return f"inputs {', '.join(parts)} ({layout})"
 
 
 def format_shape(shape: tuple[int | None, ...]) -> str:

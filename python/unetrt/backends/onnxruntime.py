@@ -14,7 +14,15 @@ import onnxruntime as ort
 from ..closeable import Closeable
 from ..contract import check_layout
 from ..errors import ConfigError, ModelError
-from .base import BackendOptions, ShapeRange, TensorSpec, detect_layout, format_shape
+from .base import (
+    BackendOptions,
+    ShapeRange,
+    TensorSpec,
+    check_feeds,
+    check_tensor,
+    describe_feeds,
+    detect_layout,
+)
 
 _DTYPES: dict[str, np.dtype[Any]] = {
     "tensor(float)": np.dtype(np.float32),
@@ -68,15 +76,28 @@ class OnnxRuntimeBackend(Closeable):
         options = options or BackendOptions()
         if layout is not None:
             check_layout(layout)
+        if options.precision == "bf16":
+            raise ConfigError(
+                "backend 'onnxruntime' computes in float32 on the CPU; precision bf16 needs "
+                "--backend openvino (unetrt[openvino])"
+            )
+        self.precision = options.precision
         self.device = options.device
         self.label = "<model bytes>" if isinstance(model, bytes) else os.fspath(model)
         self._session: ort.InferenceSession | None = self._load(model, options)
         session = self._session
         ins, outs = session.get_inputs(), session.get_outputs()
-        for arg in ins:
-            self._check_tensor("input", arg, rank=4)
-        for arg in outs:
-            self._check_tensor("output", arg, rank=None)
+        for role, args, rank in (("input", ins, 4), ("output", outs, None)):
+            for arg in args:
+                check_tensor(
+                    self.label,
+                    role,
+                    arg.name,
+                    _shape(arg.shape),
+                    arg.type in _DTYPES,
+                    arg.type,
+                    rank,
+                )
         if layout is None:
             layout = detect_layout(_shape(ins[0].shape))[0] or "NHWC"
         self.layout: str = layout
@@ -132,20 +153,6 @@ class OnnxRuntimeBackend(Closeable):
             )
         return session
 
-    def _check_tensor(self, role: str, arg: Any, rank: int | None) -> None:
-        shape = _shape(arg.shape)
-        if rank is not None and len(shape) != rank:
-            raise ModelError(
-                f"model {self.label}: {role} {arg.name!r} has shape {format_shape(shape)} "
-                f"(rank {len(shape)}); unetrt needs a 4-D image {role} "
-                f"(batch, height, width, channels or batch, channels, height, width)"
-            )
-        if arg.type not in _DTYPES:
-            raise ModelError(
-                f"model {self.label}: {role} {arg.name!r} is {arg.type}; "
-                f"unetrt needs float32 or float16"
-            )
-
     @property
     def session(self) -> ort.InferenceSession:
         """The underlying ONNX Runtime session."""
@@ -165,17 +172,7 @@ class OnnxRuntimeBackend(Closeable):
                 the feeds.
         """
         session = self.session
-        if set(feeds) != set(self._input_names):
-            raise ModelError(
-                f"model {self.label} takes inputs {sorted(self._input_names)}, got {sorted(feeds)}"
-            )
-        converted = {}
-        for name, array in feeds.items():
-            if array.ndim != 4:
-                raise ModelError(
-                    f"model {self.label} takes a 4-D batch, got shape {tuple(array.shape)}"
-                )
-            converted[name] = np.ascontiguousarray(array, dtype=self._input_names[name].dtype)
+        converted = check_feeds(self.label, self._input_names, feeds)
         try:
             result = self._run_bound(converted, out) if out else None
             if result is None:
@@ -184,7 +181,8 @@ class OnnxRuntimeBackend(Closeable):
                 result = {n: np.asarray(v, np.float32) for n, v in zip(names, values, strict=True)}
         except Exception as exc:  # ONNX Runtime's own exception types
             raise ModelError(
-                f"model {self.label} failed on {self._describe(feeds)}: {_ort_message(exc)}"
+                f"model {self.label} failed on "
+                f"{describe_feeds(self._input_names, feeds, self.layout)}: {_ort_message(exc)}"
             ) from exc
         for name, buffer in (out or {}).items():
             # Outputs ONNX Runtime could not write in place (a float16 model's): copied in.
@@ -226,20 +224,6 @@ class OnnxRuntimeBackend(Closeable):
             else np.asarray(value.numpy(), np.float32)
             for spec, value in zip(self.outputs, values, strict=True)
         }
-
-    def _describe(self, feeds: Mapping[str, np.ndarray]) -> str:
-        if len(self.inputs) == 1:
-            (array,) = feeds.values()
-            (spec,) = self.inputs
-            return (
-                f"a batch of shape {tuple(array.shape)} "
-                f"(model input {format_shape(spec.shape)}, {self.layout})"
-            )
-        parts = [
-            f"{n!r} {tuple(a.shape)} (model {format_shape(self._input_names[n].shape)})"
-            for n, a in feeds.items()
-        ]
-        return f"inputs {', '.join(parts)} ({self.layout})"
 
     def accepted(self, name: str | None = None) -> ShapeRange:
         """The batch and tile sizes accepted for an input: its static dims, or any."""
