@@ -336,3 +336,37 @@ def test_video_stream_describes_frames() -> None:
     assert VideoStream("a", describe_frame=lambda i: f"t{i:03d}.tif").describe_frame(3) == (
         "t003.tif"
     )
+
+
+def test_frames_too_large_for_one_tile_go_in_the_cheapest_tiles_that_fit() -> None:
+    from unetrt.pipeline import TilePolicy
+
+    policy = TilePolicy(alignment=8, halo=56, tile=None, max_tile_pixels=2048 * 1100)
+    plan = policy.plan(2048, 2048)
+    # Two strips of 2048 x 1080 (two 56-px halos of overlap) beat four squares of 1080.
+    assert plan.n_tiles == 2 and {plan.tile_h, plan.tile_w} == {2048, 1080}
+    assert plan.tile_h * plan.tile_w <= 2048 * 1100
+    small = TilePolicy(alignment=8, halo=56, tile=None, max_tile_pixels=1200 * 1200)
+    plan = small.plan(2048, 2048)
+    assert (plan.n_tiles, plan.tile_h, plan.tile_w) == (4, 1080, 1080)
+    whole = TilePolicy(alignment=8, halo=56, tile=None, max_tile_pixels=2048 * 2048)
+    assert whole.plan(2048, 2048).n_tiles == 1
+
+
+def test_a_small_memory_budget_tiles_exactly(unet_path: Path) -> None:
+    frame = np.random.default_rng(2).integers(0, 255, (90, 130), dtype=np.uint8)
+    with Segmenter(unet_path) as seg:
+        reference = seg.predict_frame(frame)
+    with Segmenter(unet_path, max_tile_pixels=60 * 130) as seg:
+        assert seg.plan_for(90, 130).n_tiles > 1
+        np.testing.assert_array_equal(seg.predict_frame(frame), reference)
+
+
+def test_the_memory_budget_follows_the_graph_and_the_backend(unet_path: Path) -> None:
+    from unetrt.segmenter import ACTIVATION_OVERHEAD, DEFAULT_MEMORY_BUDGET
+
+    with Segmenter(unet_path, backend="onnxruntime", batch=2) as seg:
+        per_pixel = seg.model.activation_bytes
+        assert per_pixel is not None and per_pixel > 0
+        expected = int(DEFAULT_MEMORY_BUDGET / (per_pixel * ACTIVATION_OVERHEAD["onnxruntime"]) / 2)
+        assert seg._tiles.max_tile_pixels == expected

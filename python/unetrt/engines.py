@@ -204,6 +204,8 @@ def build_engine(
         recorded = None
         contract = reference.contract
         details: dict[str, Any] = {"source": os.fspath(source), "runtime": _runtime(backend)}
+        if reference.model.activation_bytes is not None:  # for tile="auto" (the float graph's)
+            details["activation_bytes"] = reference.model.activation_bytes
         if calibration is not None:
             recorded = _record(reference, calibration, calibration_frames)
             details["calibration"] = {

@@ -53,6 +53,7 @@ from .contract import (
     ModelContract,
     StateSpec,
     StoredContract,
+    is_onnx_file,
     read_contract,
     read_engine,
 )
@@ -149,6 +150,23 @@ class Model(Closeable):
                 )
             new[spec.input] = value
         return prediction, new
+
+    @property
+    def activation_bytes(self) -> float | None:
+        """Peak activation memory per pixel of a tile, in bytes (float32, from the
+        graph: `unetrt.onnxgraph.activation_bytes`; for a built OpenVINO IR, as
+        ``build-engine`` recorded it), or None where it cannot be known."""
+        if self.built is not None and "activation_bytes" in self.built.details:
+            return float(self.built.details["activation_bytes"])
+        if not is_onnx_file(self.path):
+            return None
+        from .onnxgraph import activation_bytes, read_graph
+
+        try:
+            graph = read_graph(self.path)
+        except ModelError:
+            return None
+        return activation_bytes(graph, self.image.name, layout=self.backend.layout)
 
     def close(self) -> None:
         """Release the backend."""

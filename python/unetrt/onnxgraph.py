@@ -2043,3 +2043,59 @@ def _bound(graph: Graph, input_name: str, layout: str, outputs: Sequence[str]) -
         return analysis.bound(outputs)
     except _Refuse as exc:
         return HaloBound(None, f"cannot bound the graph: {exc}")
+
+
+def activation_bytes(
+    graph: Graph, input_name: str | None = None, *, layout: str | None = None
+) -> float | None:
+    """Peak bytes of live activations per input pixel, from the graph alone.
+
+    The graph is followed at one input size (as `receptive_field` does) and its nodes
+    are run in the file's order on paper: each image-dependent output is allocated
+    (float32) when its node runs and freed after its last reader. The peak over the run,
+    divided by the input's pixels, is what a runtime that frees tensors as it goes needs
+    per pixel of a tile (fused ops need less); it decides how large a tile fits a memory
+    budget.
+
+    Args:
+        graph: From `read_graph`.
+        input_name: The image input (default: the first graph input).
+        layout: ``"NHWC"`` or ``"NCHW"``; default from the declared shape, as
+            `receptive_field` decides it.
+
+    Returns:
+        Bytes per input pixel, or None where the graph cannot be followed (an op the
+        analysis does not know, control flow: the size of some tensors is unknown).
+    """
+    if input_name is None:
+        if not graph.inputs:
+            return None
+        input_name = graph.inputs[0]
+    layouts = [layout] if layout else _layouts(graph.shapes.get(input_name, ()))
+    axes = (1, 2) if layouts[0] == "NHWC" else (2, 3)
+    try:
+        analysis = _Analysis(graph, input_name, axes)
+        analysis.run()
+    except _Refuse:
+        return None
+    if analysis.tainted:  # some image-dependent tensors have sizes it cannot know
+        return None
+    image = set(analysis.labels)
+    last_read: dict[str, int] = {}
+    for i, node in enumerate(graph.nodes):
+        for name in node.inputs:
+            if name in image:
+                last_read[name] = i
+
+    def size(name: str) -> int:
+        shape = analysis.shapes.get(name)
+        return 4 * math.prod(shape) if shape is not None and name in image else 0
+
+    live = peak = size(input_name)
+    for i, node in enumerate(graph.nodes):
+        live += sum(size(n) for n in node.outputs if n)
+        peak = max(peak, live)
+        for name in set(node.inputs):
+            if last_read.get(name) == i and name not in graph.outputs:
+                live -= size(name)
+    return peak / math.prod(ANALYSIS_SIZE)

@@ -43,6 +43,10 @@ STITCH_MODES = ("crop", "blend")
 
 
 # ----------------------------------------------------------------------- configuration
+#: Rows of tiles `TilePolicy` considers for a frame that does not fit in one tile.
+MAX_TILE_ROWS = 16
+
+
 @dataclass(frozen=True)
 class TilePolicy:
     """How frames are cut into tiles.
@@ -52,7 +56,9 @@ class TilePolicy:
         halo: Context per tile side, pixels.
         tile: Largest tile (height, width) asked for, ``None`` for ``"auto"``.
         max_tile_pixels: With ``tile=None``: whole frames up to this many pixels go in
-            one tile, larger frames in square tiles of about this area.
+            one tile; larger frames in the tiles of at most this many pixels that
+            compute the fewest pixels, halos included (strips across the frame where
+            they fit, as they overlap on two sides only).
         fixed_tile: The model's only accepted (height, width), if it has one.
     """
 
@@ -71,11 +77,47 @@ class TilePolicy:
         else:
             a = self.alignment
             padded = (-(-height // a) * a, -(-width // a) * a)
-            side = int(self.max_tile_pixels**0.5)
-            fits = padded[0] * padded[1] <= self.max_tile_pixels
-            max_tile, fixed = (padded if fits else (side, side)), False
+            if padded[0] * padded[1] > self.max_tile_pixels:
+                return self._fitting_plan(height, width)
+            max_tile, fixed = padded, False
         return tiling.plan_tiles(
             height, width, alignment=self.alignment, halo=self.halo, max_tile=max_tile, fixed=fixed
+        )
+
+    def _fitting_plan(self, height: int, width: int) -> tiling.TilePlan:
+        """The plan of tiles of at most `max_tile_pixels` that computes the fewest
+        pixels: for each number of rows of tiles, the widest tiles that fit, then every
+        tile shrunk to the smallest size that covers the frame with as many tiles."""
+        a = self.alignment
+        h = -(-self.halo // a) * a
+        padded_h, padded_w = -(-height // a) * a, -(-width // a) * a
+
+        def span(padded: int, n: int) -> int:  # n windows overlapping by 2 h cover it
+            return min(padded, -(-(padded + 2 * h * (n - 1)) // (n * a)) * a)
+
+        best: tiling.TilePlan | None = None
+        for rows in range(1, MAX_TILE_ROWS + 1):
+            tile_h = span(padded_h, rows)
+            tile_w = min(padded_w, self.max_tile_pixels // tile_h // a * a)
+            if tile_w < a:
+                break
+            try:
+                plan = self._plan(height, width, tile_h, tile_w)
+                columns = len(np.unique(plan.tiles[:, 1]))
+                plan = self._plan(height, width, tile_h, span(padded_w, columns))
+            except ConfigError:  # too narrow for the halo
+                continue
+            cost = plan.n_tiles * plan.tile_h * plan.tile_w
+            if best is None or cost < best.n_tiles * best.tile_h * best.tile_w:
+                best = plan
+        if best is None:  # no tile of that area holds the halo: the smallest that does
+            side = 2 * h + a
+            return self._plan(height, width, min(side, padded_h), min(side, padded_w))
+        return best
+
+    def _plan(self, height: int, width: int, tile_h: int, tile_w: int) -> tiling.TilePlan:
+        return tiling.plan_tiles(
+            height, width, alignment=self.alignment, halo=self.halo, max_tile=(tile_h, tile_w)
         )
 
 

@@ -58,8 +58,18 @@ from .pipeline import (
 from .postprocess import PostProcess
 from .temporal import StatefulExecutor, temporal_options
 
-#: Largest tile (in pixels) that ``tile="auto"`` sends to the engine in one piece.
-#: 2048 x 2048 keeps a 32-filter U-Net's activations within a few GiB of memory.
+#: Memory for a model's activations that ``tile="auto"`` keeps within: a tile holds at
+#: most this many bytes / (the model's peak activation bytes per pixel, from its graph,
+#: x what its backend holds per byte of them, `ACTIVATION_OVERHEAD`). With 1.5 GiB a
+#: 32-filter U-Net (512 bytes a pixel) on 2048 x 2048 frames runs in two strips on
+#: OpenVINO and four tiles on ONNX Runtime, each within 2 GB of peak memory.
+DEFAULT_MEMORY_BUDGET = 3 * 2**29
+#: Memory a backend holds per byte of live activations, measured with a 32-filter U-Net
+#: on tiles of 0.4-4 Mpixel (benchmarks/RESULTS.md): ONNX Runtime's arena (which keeps
+#: it fast: without it, page faults make it 1.2-2.3x slower) holds about 2.5 times the
+#: live bytes; OpenVINO, compiled per static shape, about what is live. Unknown: 2.5.
+ACTIVATION_OVERHEAD = {"onnxruntime": 2.5, "openvino": 1.0}
+#: The tile area ``tile="auto"`` allows where a model's activation size is unknown.
 DEFAULT_MAX_TILE_PIXELS = 2048 * 2048
 #: Seconds without a new frame that end following a growing input (by default).
 DEFAULT_IDLE_TIMEOUT = 10.0
@@ -170,7 +180,7 @@ class SegmenterSpec:
     normalization: Normalization | tuple[tuple[str, Any], ...] | None = None
     threshold: float | None = None
     threads: int | None = None
-    max_tile_pixels: int = DEFAULT_MAX_TILE_PIXELS
+    max_tile_pixels: int | None = None
     postprocess: PostProcess = PostProcess()
     nan: float | None = None
     queue_size: int = DEFAULT_QUEUE_SIZE
@@ -246,7 +256,9 @@ class Segmenter:
         threads: The thread budget of this Segmenter, shared by the engine (ONNX
             Runtime's intra-op threads) and the C++ core; None: the CPUs this process
             may use.
-        max_tile_pixels: Memory budget for ``tile="auto"``.
+        max_tile_pixels: The largest tile ``tile="auto"`` makes, in pixels; None:
+            what keeps the model's activations within `DEFAULT_MEMORY_BUDGET` (from its
+            graph; `DEFAULT_MAX_TILE_PIXELS` where that cannot be known).
         postprocess: Optional mask post-processing.
         nan: What NaN pixels of floating-point frames read as; None (default): a frame
             holding NaN is an error naming the frame.
@@ -275,7 +287,7 @@ class Segmenter:
         normalization: Normalization | Mapping[str, Any] | None = None,
         threshold: float | None = None,
         threads: int | None = None,
-        max_tile_pixels: int = DEFAULT_MAX_TILE_PIXELS,
+        max_tile_pixels: int | None = None,
         postprocess: PostProcess | None = None,
         nan: float | None = None,
         queue_size: int = DEFAULT_QUEUE_SIZE,
@@ -292,7 +304,7 @@ class Segmenter:
         check_queue(queue_size, when_full)
         if threads is not None and (isinstance(threads, bool) or threads < 1):
             raise ConfigError(f"threads must be >= 1, got {threads}")
-        if max_tile_pixels < 1:
+        if max_tile_pixels is not None and max_tile_pixels < 1:
             raise ConfigError(f"max_tile_pixels must be positive, got {max_tile_pixels}")
         if nan is not None and not np.isfinite(nan):
             raise ConfigError(f"nan must be a finite number, got {nan!r}")
@@ -349,7 +361,8 @@ class Segmenter:
             alignment=contract.alignment,
             halo=contract.halo,
             tile=wanted,
-            max_tile_pixels=max_tile_pixels,
+            max_tile_pixels=max_tile_pixels
+            or (self._budget_pixels() if wanted is None else DEFAULT_MAX_TILE_PIXELS),
             fixed_tile=fixed,
         )
         config = ExecutorConfig(
@@ -380,6 +393,15 @@ class Segmenter:
         )
 
     # ------------------------------------------------------------------ properties
+    def _budget_pixels(self) -> int:
+        """The tile area that keeps this model's activations for a batch of tiles
+        within `DEFAULT_MEMORY_BUDGET`."""
+        per_pixel = self.model.activation_bytes
+        if not per_pixel:
+            return DEFAULT_MAX_TILE_PIXELS
+        held = per_pixel * ACTIVATION_OVERHEAD.get(self.model.backend.name, 2.5)
+        return max(1, int(DEFAULT_MEMORY_BUDGET / held / self.batch))
+
     @property
     def spec(self) -> SegmenterSpec:
         """The options this Segmenter was made with; ``spec.build()`` makes another."""
