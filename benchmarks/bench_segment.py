@@ -41,15 +41,21 @@ SEED_HALO = 95
 
 
 def write_stack(path: Path, frames: int, size: int, seed: int = 0) -> None:
+    """A synthetic uint16 time-lapse of square frames; see `write_rect_stack`."""
+    write_rect_stack(path, frames, (size, size), seed)
+
+
+def write_rect_stack(path: Path, frames: int, size: tuple[int, int], seed: int = 0) -> None:
     """A synthetic uint16 time-lapse: a moving bright disc on noise, written frame by frame."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    base = rng.integers(800, 1200, (size, size), dtype=np.uint16)
-    with tifffile.TiffWriter(path, bigtiff=frames * size * size * 2 > 2**31) as tw:
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    base = rng.integers(800, 1200, (h, w), dtype=np.uint16)
+    with tifffile.TiffWriter(path, bigtiff=frames * h * w * 2 > 2**31) as tw:
         for t in range(frames):
             frame = base.copy()
-            cy, cx = (size // 2 + 40 * np.sin(t / 10 + seed), size // 2 + 40 * np.cos(t / 10))
-            frame[(yy - cy) ** 2 + (xx - cx) ** 2 < (size // 8) ** 2] += 3000
+            cy, cx = (h // 2 + 40 * np.sin(t / 10 + seed), w // 2 + 40 * np.cos(t / 10))
+            frame[(yy - cy) ** 2 + (xx - cx) ** 2 < (min(h, w) // 8) ** 2] += 3000
             tw.write(frame, contiguous=True)
 
 
@@ -74,7 +80,7 @@ def model_alone(model_path: Path, frames: int, size: int, threads: int) -> float
 
 def unetrt_segment(model_path: Path, stack: Path, out: Path, threads: int) -> float:
     """(b) Frames/s of Segmenter.segment, the code behind `unetrt segment`."""
-    with Segmenter(model_path, threads=threads) as seg:
+    with Segmenter(model_path, backend="onnxruntime", threads=threads) as seg:
         seg.predict_frame(np.zeros((64, 64), np.uint16))  # warm-up, like (a)
         summary = seg.segment(stack, out, progress=False)
     return summary.frames_per_second
@@ -86,6 +92,7 @@ def numpy_tiling(model_path: Path, stack: Path, out: Path, threads: int, align: 
     name = sess.get_inputs()[0].name
     start = time.perf_counter()
     frames = tifffile.imread(stack)  # the usual script loads the whole stack
+    frames = frames.reshape(-1, *frames.shape[-2:])
     masks = np.zeros(frames.shape, np.uint8)
     for t, frame in enumerate(frames):
         x = frame.astype(np.float32) / 65535.0
@@ -107,7 +114,7 @@ def numpy_tiling(model_path: Path, stack: Path, out: Path, threads: int, align: 
     return len(frames) / (time.perf_counter() - start)
 
 
-def keras_predict(frames: int, size: int) -> float | None:
+def keras_predict(frames: int, size: int | tuple[int, int]) -> float | None:
     """(d) Keras predict on whole frames with the same architecture, if TensorFlow is here."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
@@ -115,7 +122,8 @@ def keras_predict(frames: int, size: int) -> float | None:
     except ImportError:
         return None
     model = build_unet(UNetConfig(pools=3, filters=32, kernel_size=3, upsampling="transpose"))
-    x = np.random.default_rng(1).random((1, size, size, 1), dtype=np.float32)
+    hw = (size, size) if isinstance(size, int) else size
+    x = np.random.default_rng(1).random((1, *hw, 1), dtype=np.float32)
     model.predict(x, verbose=0)
     start = time.perf_counter()
     for _ in range(frames):
@@ -125,9 +133,11 @@ def keras_predict(frames: int, size: int) -> float | None:
 
 def peak_memory_mib(model_path: Path, stack: Path, out: Path, threads: int) -> float:
     """Peak RSS of one `unetrt segment` process (MiB)."""
+    # VmHWM, not ru_maxrss: Linux carries a parent's ru_maxrss over fork and exec.
     code = (
-        "import resource, sys; from unetrt.cli import main; rc = main(sys.argv[1:]); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
+        "import sys; from unetrt.cli import main; rc = main(sys.argv[1:]); "
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]);"
+        " sys.exit(rc)"
     )
     args = [str(stack), "-o", str(out), "--model", str(model_path), "--threads", str(threads)]
     res = subprocess.run(

@@ -353,6 +353,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         csv=args.csv,
         pair=args.pair,
         **_run_options(args),
+        halo=args.halo,
+        normalization=_normalization_changes(args),
         postprocess=PostProcess(min_size=args.min_size, fill_holes=args.fill_holes),
     )
     print(report.table())
@@ -577,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_engine_options(ev)
     _add_run_options(ev)
+    _add_model_overrides(ev)
     return parser
 
 

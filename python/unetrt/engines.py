@@ -30,6 +30,7 @@ when the build is complete and accepted.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -440,6 +441,7 @@ def _build_openvino(source: Path, built: Path, precision: str, recorded: _Record
     if precision == "int8":
         assert recorded is not None
         nncf = require("nncf", "openvino")
+        nncf.set_log_level(logging.ERROR)  # its progress and INFO lines are not ours to print
         dataset = nncf.Dataset(recorded.feeds)
         # Transposed convolutions stay float: OpenVINO's int8 ConvolutionBackpropData
         # wrecked the default model's masks (Dice 0.73 against float32; 0.998 without).
