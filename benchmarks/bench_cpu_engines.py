@@ -26,7 +26,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,12 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_segment import keras_predict, numpy_tiling, write_rect_stack  # noqa: E402
+from bench_segment import (  # noqa: E402
+    keras_predict,
+    numpy_tiling,
+    peak_memory_mib,
+    write_rect_stack,
+)
 
 from unetrt import Segmenter  # noqa: E402
 from unetrt.backends import openvino_available  # noqa: E402
@@ -95,23 +99,6 @@ def segment_rate(
         # compiles once per shape and ONNX Runtime plans its memory once per shape.
         seg.predict_frame(np.zeros(size, np.uint16))
         return seg.segment(stack, out, progress=False).frames_per_second
-
-
-def peak_memory_mib(model: Path, stack: Path, out: Path, threads: int, backend: str) -> float:
-    # VmHWM, not ru_maxrss: Linux carries a parent's ru_maxrss over fork and exec.
-    code = (
-        "import sys; from unetrt.cli import main; rc = main(sys.argv[1:]); "
-        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]);"
-        " sys.exit(rc)"
-    )
-    args = [str(stack), "-o", str(out), "--model", str(model), "--threads", str(threads)]
-    res = subprocess.run(
-        [sys.executable, "-c", code, "segment", *args, "--backend", backend, "--quiet"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return int(res.stdout.split()[-1]) / 1024
 
 
 def build_engines(model: Path, calibration: Path, work: Path, overrides: dict[str, Any]) -> dict:
@@ -185,7 +172,9 @@ def bench_model(label: str, model: Path, args: argparse.Namespace, work: Path, *
             for backend in (
                 ("onnxruntime", "openvino") if openvino_available() else ("onnxruntime",)
             ):
-                mib = peak_memory_mib(model, stack, work / "mem.tif", args.threads, backend)
+                mib = peak_memory_mib(
+                    model, stack, work / "mem.tif", args.threads, "--backend", backend
+                )
                 rows.append((size, f"peak RSS, segment --backend {backend} (MiB)", mib, None, None))
     print("\n| size | method | frames/s | x ORT fp32 alone | x own model alone |")
     print("| --- | --- | --- | --- | --- |")

@@ -131,8 +131,8 @@ def keras_predict(frames: int, size: int | tuple[int, int]) -> float | None:
     return frames / (time.perf_counter() - start)
 
 
-def peak_memory_mib(model_path: Path, stack: Path, out: Path, threads: int) -> float:
-    """Peak RSS of one `unetrt segment` process (MiB)."""
+def peak_memory_mib(model_path: Path, stack: Path, out: Path, threads: int, *options: str) -> float:
+    """Peak RSS of one `unetrt segment` process (MiB), with more CLI options if given."""
     # VmHWM, not ru_maxrss: Linux carries a parent's ru_maxrss over fork and exec.
     code = (
         "import sys; from unetrt.cli import main; rc = main(sys.argv[1:]); "
@@ -141,7 +141,7 @@ def peak_memory_mib(model_path: Path, stack: Path, out: Path, threads: int) -> f
     )
     args = [str(stack), "-o", str(out), "--model", str(model_path), "--threads", str(threads)]
     res = subprocess.run(
-        [sys.executable, "-c", code, "segment", *args, "--quiet"],
+        [sys.executable, "-c", code, "segment", *args, *options, "--quiet"],
         check=True,
         capture_output=True,
         text=True,

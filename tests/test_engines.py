@@ -160,27 +160,11 @@ def test_a_failed_accuracy_check_writes_nothing_unless_forced(unet, frames, tmp_
     # The threshold at the median probability: int8 rounding flips some of the many
     # pixels near it, so the masks cannot agree exactly.
     median = float(np.median(probabilities(unet, frames, backend="onnxruntime")))
+    strict = dict(precision="int8", calibration=frames, max_dice_drop=0, threshold=median)
     with pytest.raises(BuildRefused, match="nothing written"):
-        build_engine(
-            unet,
-            out,
-            backend="onnxruntime",
-            precision="int8",
-            calibration=frames,
-            max_dice_drop=0,
-            threshold=median,
-        )
+        build_engine(unet, out, backend="onnxruntime", **strict)
     assert list(tmp_path.iterdir()) == []
-    report = build_engine(
-        unet,
-        out,
-        backend="onnxruntime",
-        precision="int8",
-        calibration=frames,
-        max_dice_drop=0,
-        threshold=median,
-        force=True,
-    )
+    report = build_engine(unet, out, backend="onnxruntime", force=True, **strict)
     assert report.forced and out.is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["int8.onnx"]
 
