@@ -298,3 +298,20 @@ def test_kernel_frame_converts_other_dtypes() -> None:
     assert native.dtype == np.uint16 and native.dtype.isnative
     np.testing.assert_array_equal(native, big_endian)
     np.testing.assert_array_equal(normalize_frame(big_endian, Normalization(method="none")), native)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    dtype=st.sampled_from([np.uint8, np.uint16]),
+    size=st.integers(1, 2000),
+)
+def test_histogram_percentiles_equal_numpy_bit_for_bit(data, dtype, size) -> None:
+    from unetrt.normalize import percentiles
+
+    top = data.draw(st.integers(0, np.iinfo(dtype).max))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    values = np.random.default_rng(seed).integers(0, top + 1, size).astype(dtype)
+    q = data.draw(st.lists(st.floats(0, 100), min_size=1, max_size=4)) + [1.0, 99.8, 50.0]
+    expected = tuple(float(v) for v in np.percentile(values, q))
+    assert percentiles(values, q) == expected
