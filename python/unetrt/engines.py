@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend, openvino_available
+from .backends import Backend, choose_backend
 from .backends.base import ShapeRange
 from .contract import (
     CONTRACT_KEY,
@@ -205,8 +205,9 @@ def build_engine(
         recorded = None
         contract = reference.contract
         details: dict[str, Any] = {"source": os.fspath(source), "runtime": _runtime(backend)}
-        if reference.model.activation_bytes is not None:  # for tile="auto" (the float graph's)
-            details["activation_bytes"] = reference.model.activation_bytes
+        per_pixel = reference.model.activation_bytes
+        if per_pixel is not None:  # for tile="auto" (the float graph's)
+            details["activation_bytes"] = per_pixel
         if calibration is not None:
             recorded = _record(reference, calibration, calibration_frames)
             details["calibration"] = {
@@ -221,19 +222,18 @@ def build_engine(
             raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
         try:
             built_file = staging / target.name
-            info = EngineInfo(backend, precision, details)
             if backend == "onnxruntime":
                 _build_onnxruntime(source, built_file, precision, recorded, method, staging)
             else:
                 _build_openvino(source, built_file, precision, recorded)
+            info = EngineInfo(backend, precision, details)
+            _write_contract(built_file, backend, contract, info)  # the check opens it so
             accuracy = None
             if recorded is not None:
-                accuracy = _compare(
-                    reference, recorded, built_file, backend, contract, info, options
-                )
+                accuracy = _compare(recorded, built_file, backend, options)
                 details["accuracy"] = accuracy.to_dict()
-            info = EngineInfo(backend, precision, details)
-            _write_contract(built_file, backend, contract, info)
+                info = EngineInfo(backend, precision, details)
+                _write_contract(built_file, backend, contract, info)
             failed = accuracy is not None and accuracy.dice < 1 - max_dice_drop
             if failed and not force:
                 raise BuildRefused(
@@ -260,8 +260,7 @@ def _build_backend(backend: str, precision: str, device: str) -> str:
             "TensorRT engines are not in this build (no TensorRT here); build a CPU engine "
             "with --backend openvino (bf16, int8) or --backend onnxruntime --int8"
         )
-    if backend == "auto":
-        backend = "openvino" if openvino_available() else "onnxruntime"
+    backend, _ = choose_backend(backend, "cpu")
     if backend == "onnxruntime" and precision == "bf16":
         raise ConfigError(
             "ONNX Runtime computes in float32 on the CPU; bf16 is --backend openvino "
@@ -490,16 +489,10 @@ def _write_contract(built: Path, backend: str, contract: ModelContract, info: En
 
 
 def _compare(
-    reference: Segmenter,
-    recorded: _Recorded,
-    built: Path,
-    backend: str,
-    contract: ModelContract,
-    info: EngineInfo,
-    options: Mapping[str, Any],
+    recorded: _Recorded, built: Path, backend: str, options: Mapping[str, Any]
 ) -> Accuracy:
-    """Segment the calibration frames with the built model; compare with float32."""
-    _write_contract(built, backend, contract, info)
+    """Segment the calibration frames with the built model (its contract written);
+    compare with float32."""
     checked = {k: v for k, v in options.items() if k not in ("halo", "normalization", "threshold")}
     with Segmenter(built, backend=backend, **checked) as candidate:
         stream = candidate.stream(recorded.stats, name="calibration frames")
