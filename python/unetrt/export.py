@@ -6,10 +6,12 @@ height and width (NHWC, as Keras computes), opset 17, and the `ModelContract` as
 in ``metadata_props["unetrt"]``. The contract comes from the training configuration
 stored next to the model by ``unetrt train`` (``config.json``, found beside the model or,
 for a checkpoint, in the run folder above ``checkpoints/``): alignment ``2**pools``,
-halo = the receptive-field radius of the architecture, normalization, output kind and
-class names. Without that file, a frame model's contract is measured from the
-exported graph (`unetrt.model.infer_contract`: alignment by probing, halo from the
-graph's receptive-field bound, cross-checked by an impulse probe).
+halo = the receptive-field radius of the architecture (in closed form for the U-Net
+family, bounded from the exported graph for the attention U-Net, UNet3+ and the ResNet34
+U-Net), normalization, output kind and class names. Without that file, a frame model's
+contract is measured from the exported graph (`unetrt.model.infer_contract`: alignment
+by probing, halo from the graph's receptive-field bound, cross-checked by an impulse
+probe).
 
 Before the file appears, ONNX Runtime runs the exported graph on random frames (and on
 real ones, if given) and must agree with Keras to ``atol``; otherwise `ExportError` is
@@ -115,9 +117,11 @@ def export(
     proto = _convert(exported, source)
 
     with atomic_output(target) as tmp:
+        _save(proto, tmp)
         if contract is None:
-            _save(proto, tmp)
             contract = _measured_contract(model, tmp)
+        elif train_config is not None and _halo_from_graph(train_config):
+            contract = contract.replace(halo=_graph_halo(tmp))
         proto.metadata_props.add(key=CONTRACT_KEY, value=contract.to_json())
         _save(proto, tmp)
         _check(model, tmp, contract, check_frames, atol)
@@ -198,7 +202,12 @@ def _contract_from_config(model: Any, config: TrainConfig, window: bool) -> Mode
         temporal = "window" if window else "stateful"
     # A step model's halo is one step's field over all its inputs (`receptive_field`).
     steps = 1 if temporal == "stateful" else None
-    halo = config.halo if config.halo is not None else receptive_field(cfg, steps)
+    if config.halo is not None:
+        halo = config.halo
+    elif _halo_from_graph(config):
+        halo = 0  # replaced by the exported graph's bound (`_graph_halo`)
+    else:
+        halo = receptive_field(cfg, steps)
     if temporal == "stateful":
         from .train.models import build_convlstm_step
 
@@ -216,6 +225,27 @@ def _contract_from_config(model: Any, config: TrainConfig, window: bool) -> Mode
         time_steps=cfg.time_steps,
         states=states,
     )
+
+
+def _halo_from_graph(config: TrainConfig) -> bool:
+    """Whether the halo is bounded from the exported graph: the architectures without a
+    closed-form receptive field (`unetrt.train.unet_config.receptive_field`), unless the
+    configuration sets ``newinfer_padding``."""
+    return config.halo is None and config.model_config().architecture != "unet"
+
+
+def _graph_halo(onnx_file: Path) -> int:
+    """The receptive-field bound of an exported frame model's mask output."""
+    from .onnxgraph import read_graph, receptive_field
+
+    graph = read_graph(onnx_file)
+    bound = receptive_field(graph, INPUT_NAME, layout="NHWC", outputs=graph.outputs[:1])
+    if bound.radius is None:
+        raise ExportError(
+            f"cannot bound the receptive field of the exported model ({bound.reason}); "
+            f"set newinfer_padding in the training configuration"
+        )
+    return bound.radius
 
 
 def _measured_contract(model: Any, onnx_file: Path) -> ModelContract:

@@ -136,6 +136,9 @@ class TrainConfig:
     convlstm_position: str | None = None
     convlstm_residual: bool = False
     time_steps: int | None = None
+    model_attention_filters: int | None = None
+    model_unet3plus_filters: int | None = None
+    model_encoder_weights: str | None = None
     model_loss_params: dict[str, Any] = field(default_factory=dict)
     # training (seed)
     train_max_epochs: int = 100
@@ -306,6 +309,8 @@ class TrainConfig:
             "upsampling": self.upsampling,
             "downsampling": self.downsampling,
             "convlstm_position": self.convlstm_position,
+            "attention_filters": self.model_attention_filters,
+            "unet3plus_filters": self.model_unet3plus_filters,
         }
         overrides.update({k: v for k, v in optional.items() if v is not None})
         if self.is_clip_model:
@@ -379,6 +384,7 @@ def _check_types(c: TrainConfig) -> None:
     optional_strings = (
         "data_train_masks", "data_val_images", "data_val_masks", "model_last_activation",
         "upsampling", "downsampling", "convlstm_position", "train_pretrained_weights",
+        "model_encoder_weights",
     )  # fmt: skip
     if not isinstance(c.train_lr_schedule, str):
         raise _fail("train_lr_schedule", c.train_lr_schedule, "a string")
@@ -389,7 +395,7 @@ def _check_types(c: TrainConfig) -> None:
     )  # fmt: skip
     optional_ints = (
         "model_dilation_rate", "model_seed_initializer", "train_seed_initializer", "time_steps",
-        "train_steps_per_epoch",
+        "train_steps_per_epoch", "model_attention_filters", "model_unet3plus_filters",
     )  # fmt: skip
     numbers = (
         "data_val_fraction", "model_dropout", "model_lr", "datagen_sampling_pdf",
@@ -568,10 +574,17 @@ def _check_consistency(c: TrainConfig) -> None:
         )
     if c.data_val_fraction and c.data_val_images is not None:
         raise ConfigError("set data_val_images or data_val_fraction, not both")
-    if c.model_train_decoder_only and c.train_pretrained_weights is None:
+    if c.model_encoder_weights is not None and c.cnn_name != "resnet34_unet":
+        raise _fail(
+            "model_encoder_weights",
+            c.model_encoder_weights,
+            "null unless cnn_name is 'resnet34_unet'",
+        )
+    pretrained = (c.train_pretrained_weights, c.model_encoder_weights)
+    if c.model_train_decoder_only and pretrained == (None, None):
         raise ConfigError(
             "model_train_decoder_only trains the decoder of a pretrained encoder: set "
-            'train_pretrained_weights (e.g. "default")'
+            'train_pretrained_weights (e.g. "default") or model_encoder_weights'
         )
     if c.train_warmup_steps and c.train_lr_schedule != "cosine":
         raise ConfigError('train_warmup_steps goes with train_lr_schedule "cosine"')
@@ -621,6 +634,7 @@ _PATH_KEYS = (
     "data_val_masks",
     "output_dir",
     "train_pretrained_weights",
+    "model_encoder_weights",
 )
 
 

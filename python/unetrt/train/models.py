@@ -37,6 +37,7 @@ from keras import layers, ops
 from ..contract import INPUT_NAME
 from ..errors import ConfigError
 from .unet_config import (
+    RESNET34_BLOCKS,
     SEED_MODEL_NAMES,
     UNetConfig,
     _convlstm_at,
@@ -53,6 +54,8 @@ __all__ = [
     "BilinearUpsampling2D",
     "ConvLSTM2DStep",
     "ConvLSTM2DUnrolled",
+    "ICNR",
+    "PixelShuffle2D",
     "StepState",
     "UNetConfig",
     "alignment",
@@ -228,6 +231,55 @@ class BilinearUpsampling2D(layers.Layer):
         return (b, None if h is None else 2 * h, None if w is None else 2 * w, c)
 
 
+@keras.saving.register_keras_serializable(package="unetrt")
+class PixelShuffle2D(layers.Layer):
+    """Depth to space (``tf.nn.depth_to_space``, ONNX ``DepthToSpace``): channel
+    ``(i * scale + j) * C + c`` of a pixel becomes channel ``c`` of its sub-pixel
+    ``(i, j)`` in a `scale` times larger map (Shi et al. 2016)."""
+
+    def __init__(self, scale: int = 2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def call(self, x: Any) -> Any:
+        import tensorflow as tf
+
+        return tf.nn.depth_to_space(x, self.scale)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        b, h, w, c = input_shape
+        r = self.scale
+        return (b, None if h is None else h * r, None if w is None else w * r, (c or 0) // r**2)
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config.update(scale=self.scale)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="unetrt")
+class ICNR(keras.initializers.Initializer):
+    """ICNR initialization (Aitken et al. 2017) of the convolution before a
+    `PixelShuffle2D`: every sub-pixel gets the same kernel, so at the start the shuffle
+    is a nearest-neighbour upsampling of one convolution (no checkerboard)."""
+
+    def __init__(self, scale: int = 2, initializer: Any = "he_uniform") -> None:
+        self.scale = scale
+        self.initializer = keras.initializers.get(initializer)
+
+    def __call__(self, shape: tuple[int, ...], dtype: Any = None) -> Any:
+        *kernel, channels_in, channels_out = shape
+        blocks = self.scale**2
+        base = self.initializer((*kernel, channels_in, channels_out // blocks), dtype=dtype)
+        return ops.tile(base, (1,) * (len(shape) - 1) + (blocks,))
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "scale": self.scale,
+            "initializer": keras.initializers.serialize(self.initializer),
+        }
+
+
 # A feature map flows through the builder as a list: one tensor per frame of the clip in a
 # ConvLSTM model's encoder (each layer applied to every frame with shared weights), one
 # tensor otherwise.
@@ -331,23 +383,74 @@ class _Builder:
         filters = self.cfg.filters * 2**level
         return self.conv(x, filters, f"down{level}_conv", strides=2)
 
-    def up(self, x: Any, level: int) -> Any:
+    def upsample(self, x: Any, factor: int, filters: int, name: str) -> Any:
+        """`x` made `factor` (a power of two) times larger by ``cfg.upsampling``: one
+        transposed convolution or pixel shuffle with `filters` outputs; repeated 2x
+        bilinear steps (the channels unchanged, no convolution yet) for interpolation."""
         cfg = self.cfg
-        filters = cfg.filters * 2**level
         if cfg.upsampling == "transpose":
             return layers.Conv2DTranspose(
                 filters,
-                2,
-                strides=2,
+                factor,
+                strides=factor,
                 padding="same",
                 kernel_initializer=cfg.kernel_initializer,
-                name=f"up{level}_transpose",
+                name=f"{name}_transpose",
             )(x)
-        x = BilinearUpsampling2D(name=f"up{level}_resize")(x)
-        return self.conv([x], filters, f"up{level}_conv")[0]
+        if cfg.upsampling == "pixel_shuffle":
+            x = layers.Conv2D(
+                filters * factor**2,
+                1,
+                kernel_initializer=ICNR(factor, cfg.kernel_initializer),
+                name=f"{name}_shuffle_conv",
+            )(x)
+            x = layers.Activation(cfg.activation, name=f"{name}_shuffle_act")(x)
+            return PixelShuffle2D(factor, name=f"{name}_shuffle")(x)
+        steps = factor.bit_length() - 1
+        for i in range(steps):
+            x = BilinearUpsampling2D(name=f"{name}_resize" if steps == 1 else f"{name}_resize{i}")(
+                x
+            )
+        return x
+
+    def up_to(self, x: Any, filters: int, name: str) -> Any:
+        """2x upsampling to `filters` channels (bilinear interpolation then a convolution)."""
+        y = self.upsample(x, 2, filters, name)
+        if self.cfg.upsampling == "interpolation":
+            y = self.conv([y], filters, f"{name}_conv")[0]
+        return y
+
+    def up(self, x: Any, level: int) -> Any:
+        return self.up_to(x, self.cfg.filters * 2**level, f"up{level}")
+
+    def attention_gate(self, x: Any, g: Any, level: int) -> Any:
+        """An additive attention gate (Oktay et al. 2018, in the form of the Keras U-Net
+        collection): the skip `x` weighted per pixel by ``sigmoid(psi(relu(theta(x) +
+        phi(g))))``, 1x1 convolutions all, the gating signal `g` being the decoder's
+        upsampled features at the skip's size (so no coefficient map needs resampling)."""
+        cfg = self.cfg
+        if cfg.attention_filters is not None:
+            inter = cfg.attention_filters * 2**level
+        else:
+            inter = max(cfg.filters * 2**level // 2, 1)
+        name, init = f"att{level}", cfg.kernel_initializer
+        theta = layers.Conv2D(
+            inter, 1, use_bias=False, kernel_initializer=init, name=f"{name}_theta"
+        )(x)
+        phi = layers.Conv2D(inter, 1, kernel_initializer=init, name=f"{name}_phi")(g)
+        joint = layers.Add(name=f"{name}_add")([theta, phi])
+        joint = layers.Activation("relu", name=f"{name}_relu")(joint)
+        psi = layers.Conv2D(1, 1, activation="sigmoid", name=f"{name}_psi")(joint)
+        return layers.Multiply(name=f"{name}_gate")([x, psi])  # broadcast over channels
 
     def network(self, x: Frames) -> Any:
         cfg = self.cfg
+        if cfg.architecture == "unet3plus":
+            return self.unet3plus(x)
+        if cfg.architecture == "resnet34_unet":
+            return self.resnet34_unet(x[0])
+        if cfg.architecture == "multires_unet":
+            return self.multires_unet(x[0])
         skips = []
         for level in range(cfg.pools):
             dilations = _level_dilations(cfg.dilations[level])
@@ -356,9 +459,146 @@ class _Builder:
             x = self.down(x, level)
         (y,) = self.block(x, cfg.pools, "bottleneck", (1, 1), _convlstm_at(cfg, cfg.pools))
         for level in reversed(range(cfg.pools)):
+            skip = skips[level]
+            y = self.up(y, level)
+            if cfg.architecture == "attention_unet":
+                skip = self.attention_gate(skip, y, level)
+            y = layers.Concatenate(name=f"dec{level}_concat")([skip, y])
+            (y,) = self.block([y], level, f"dec{level}", (1, 1), recurrent=False)
+        return self.head(y)
+
+    def unet3plus(self, x: Frames) -> Any:
+        """UNet3+ (Huang et al. 2020): the U-Net's encoder; decoder level ``i`` fuses one
+        branch from every level: encoder levels above it max-pooled down, its own encoder
+        level, and the deeper decoder levels (the bottleneck first) upsampled, each
+        through a convolution to ``unet3plus_filters`` channels. (Its deep supervision
+        and classification-guided module are left out: the latter pools over the whole
+        frame, which no tile can compute.)"""
+        cfg = self.cfg
+        width = cfg.unet3plus_filters or cfg.filters
+        encoder = []
+        for level in range(cfg.pools):
+            x = self.block(x, level, f"enc{level}", _level_dilations(cfg.dilations[level]), False)
+            encoder.append(x[0])
+            x = self.down(x, level)
+        (bottom,) = self.block(x, cfg.pools, "bottleneck", (1, 1), False)
+        encoder.append(bottom)
+        decoder = {cfg.pools: bottom}
+        for i in reversed(range(cfg.pools)):
+            branches = []
+            for j in range(cfg.pools + 1):
+                if j < i:
+                    name = f"dec{i}_from_enc{j}"
+                    source = layers.MaxPooling2D(2 ** (i - j), name=f"{name}_pool")(encoder[j])
+                elif j == i:
+                    name, source = f"dec{i}_from_enc{j}", encoder[j]
+                else:
+                    name = f"dec{i}_from_dec{j}"
+                    source = self.upsample(decoder[j], 2 ** (j - i), width, name)
+                branches.append(self.conv([source], width, name)[0])
+            fused = layers.Concatenate(name=f"dec{i}_concat")(branches)
+            decoder[i] = self.conv([fused], width * (cfg.pools + 1), f"dec{i}_fuse")[0]
+        return self.head(decoder[0])
+
+    def multires_block(self, x: Any, filters: int, name: str) -> Any:
+        """MultiResUNet's block (Ibtehaz and Rahman 2020): three chained convolutions
+        (1/6, 1/3 and 1/2 of ``1.67 * filters`` channels: 3x3, 5x5 and 7x7 fields)
+        concatenated, plus a 1x1 shortcut, with batch norm (always, as in the paper)."""
+        width = 1.67 * filters
+        sizes = [max(int(width * share), 1) for share in (0.167, 0.333, 0.5)]
+        shortcut = self.resnet_conv(x, sum(sizes), 1, f"{name}_shortcut", act=False)
+        chain, y = [], x
+        for i, size in enumerate(sizes):
+            y = self.resnet_conv(y, size, self.cfg.kernel_size, f"{name}_conv{i + 1}")
+            chain.append(y)
+        y = layers.Concatenate(name=f"{name}_chain")(chain)
+        y = layers.BatchNormalization(name=f"{name}_chain_bn")(y)
+        y = layers.Add(name=f"{name}_add")([y, shortcut])
+        y = layers.Activation(self.cfg.activation, name=f"{name}_act")(y)
+        return layers.BatchNormalization(name=f"{name}_bn")(y)
+
+    def res_path(self, x: Any, filters: int, length: int, name: str) -> Any:
+        """MultiResUNet's residual path on a skip connection: `length` residual units
+        (a 3x3 convolution beside a 1x1 shortcut), fewer for the deeper levels."""
+        for i in range(length):
+            unit = f"{name}_{i + 1}"
+            shortcut = self.resnet_conv(x, filters, 1, f"{unit}_shortcut", act=False)
+            y = self.resnet_conv(x, filters, self.cfg.kernel_size, f"{unit}_conv")
+            y = layers.Add(name=f"{unit}_add")([y, shortcut])
+            y = layers.Activation(self.cfg.activation, name=f"{unit}_act")(y)
+            x = layers.BatchNormalization(name=f"{unit}_bn")(y)
+        return x
+
+    def multires_unet(self, frame: Any) -> Any:
+        """MultiResUNet: MultiRes blocks instead of the U-Net's pairs of convolutions,
+        residual paths of ``pools - level`` units on the skip connections."""
+        cfg = self.cfg
+        x, skips = frame, []
+        for level in range(cfg.pools):
+            x = self.multires_block(x, cfg.filters * 2**level, f"enc{level}")
+            skips.append(
+                self.res_path(x, cfg.filters * 2**level, cfg.pools - level, f"path{level}")
+            )
+            x = self.down([x], level)[0]
+        y = self.multires_block(x, cfg.filters * 2**cfg.pools, "bottleneck")
+        for level in reversed(range(cfg.pools)):
             y = self.up(y, level)
             y = layers.Concatenate(name=f"dec{level}_concat")([skips[level], y])
-            (y,) = self.block([y], level, f"dec{level}", (1, 1), recurrent=False)
+            y = self.multires_block(y, cfg.filters * 2**level, f"dec{level}")
+        return self.head(y)
+
+    def resnet_conv(
+        self, x: Any, filters: int, kernel: int, name: str, strides: int = 1, act: bool = True
+    ) -> Any:
+        x = layers.Conv2D(
+            filters,
+            kernel,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=self.cfg.kernel_initializer,
+            name=name,
+        )(x)
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        return layers.Activation(self.cfg.activation, name=f"{name}_act")(x) if act else x
+
+    def basic_block(self, x: Any, filters: int, strides: int, name: str) -> Any:
+        """ResNet's basic block: two 3x3 convolutions with batch norm, plus the input
+        (through a strided 1x1 convolution where the size or the width changes)."""
+        y = self.resnet_conv(x, filters, 3, f"{name}_conv1", strides)
+        y = self.resnet_conv(y, filters, 3, f"{name}_conv2", act=False)
+        shortcut = x
+        if strides != 1 or x.shape[-1] != filters:
+            shortcut = self.resnet_conv(x, filters, 1, f"{name}_proj", strides, act=False)
+        y = layers.Add(name=f"{name}_add")([y, shortcut])
+        return layers.Activation(self.cfg.activation, name=f"{name}_act")(y)
+
+    def resnet34_unet(self, frame: Any) -> Any:
+        """A ResNet34 encoder (layers ``stem_*`` and ``stage*``, as torchvision's with
+        ``filters`` for its 64) cut after ``pools`` downsamplings, a middle block of two
+        convolutions, and a decoder that upsamples (pixel shuffle by default, as fastai's
+        DynamicUnet), concatenates the encoder's features of that size (the frame itself
+        last) and convolves twice per level."""
+        cfg = self.cfg
+        f = cfg.filters
+        x = self.resnet_conv(frame, f, 7, "stem_conv", strides=2)
+        skips = [frame, x]  # strides 1 and 2
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+        for stage, blocks in enumerate(RESNET34_BLOCKS[: cfg.pools - 1]):
+            for b in range(blocks):
+                strides = 2 if stage > 0 and b == 0 else 1
+                x = self.basic_block(x, f * 2**stage, strides, f"stage{stage + 1}_block{b + 1}")
+            skips.append(x)
+        skips.pop()  # the deepest features go on through the middle, not across
+        width = int(x.shape[-1])
+        y = self.conv([x], 2 * width, "middle_conv1")
+        (y,) = self.conv(y, width, "middle_conv2")
+        for level in reversed(range(cfg.pools)):
+            filters = f * 2 ** max(level - 2, 0)  # the encoder's width at that size
+            y = self.up_to(y, filters, f"up{level}")
+            y = layers.Concatenate(name=f"dec{level}_concat")([skips[level], y])
+            y = self.conv([y], filters, f"dec{level}_conv1")
+            (y,) = self.conv(y, filters, f"dec{level}_conv2")
         return self.head(y)
 
     def head(self, x: Any) -> Any:

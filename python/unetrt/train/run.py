@@ -39,7 +39,7 @@ from ..contract import CONFIG_NAME
 from ..errors import ConfigError, ModelError, OutputError
 from ..io import atomic_output
 from .config import TrainConfig, load_config
-from .data import build_datasets
+from .data import FrameDataset, PatchDataset, build_datasets
 from .metrics import dice_coefficient, jaccard
 from .models import build_model
 
@@ -82,45 +82,24 @@ def train(
         ModelError: If pretrained weights or the checkpoint cannot be loaded.
         OutputError: If the output folder cannot be written.
     """
-    if isinstance(config, TrainConfig):
-        cfg = config
-    else:
-        cfg = load_config(config if isinstance(config, dict) else Path(config))
+    cfg, out = resolve_run(config, output_dir)
     if epochs is not None:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
         cfg = dataclasses.replace(cfg, train_max_epochs=epochs)
-    out = Path(output_dir if output_dir is not None else cfg.output_dir).resolve()
-    cfg = dataclasses.replace(cfg, output_dir=str(out))
     initial_epoch = _checkpoint_epoch(Path(resume)) if resume is not None else 0
     if initial_epoch >= cfg.train_max_epochs:
         raise ConfigError(
             f"checkpoint {resume} already has {initial_epoch} epochs; "
             f"train_max_epochs is {cfg.train_max_epochs} (raise it with --epochs)"
         )
-    for folder in (out, out / "checkpoints", out / "montages"):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+    make_folders(out, out / "checkpoints", out / "montages")
     _write_text(out / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2) + "\n")
 
-    keras.utils.set_random_seed(cfg.weights_seed)
-    train_set, val_set = build_datasets(cfg)
+    model, train_set, val_set = prepare_model(cfg)
     train_set.epoch = initial_epoch  # a resumed run draws new patches, not epoch 0's again
-    model = build_model(cfg.model_config())
-    if cfg.train_pretrained_weights is not None:
-        _load_pretrained(model, cfg)
-    _freeze(model, cfg)
-    metrics: Any = [dice_coefficient, jaccard]
-    if isinstance(model.output, (list, tuple)):  # two heads: score the mask
-        metrics = {"mask": metrics}
     steps = len(train_set)
-    model.compile(
-        optimizer=keras.optimizers.Adam(_learning_rate(cfg, steps)),
-        loss=cfg.loss(),
-        metrics=metrics,
-    )
+    compile_model(model, cfg, _learning_rate(cfg, steps))
     if resume is not None:
         _load_weights(model, Path(resume), optimizer=True)
 
@@ -175,6 +154,62 @@ def train(
     return path
 
 
+def resolve_run(
+    config: TrainConfig | str | os.PathLike[str] | dict[str, Any],
+    output_dir: str | os.PathLike[str] | None,
+) -> tuple[TrainConfig, Path]:
+    """The validated configuration of a run and its output folder (`output_dir`, else the
+    configuration's), made absolute and stored as the configuration's ``output_dir``."""
+    if isinstance(config, TrainConfig):
+        cfg = config
+    else:
+        cfg = load_config(config if isinstance(config, dict) else Path(config))
+    out = Path(output_dir if output_dir is not None else cfg.output_dir).resolve()
+    return dataclasses.replace(cfg, output_dir=str(out)), out
+
+
+def make_folders(*folders: Path) -> None:
+    """Create the run's folders (and their parents).
+
+    Raises:
+        OutputError: If one cannot be created.
+    """
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+
+
+def prepare_model(cfg: TrainConfig) -> tuple[Any, PatchDataset, PatchDataset | FrameDataset | None]:
+    """The model and the ``(train, validation)`` datasets of a run, seeded, with the
+    pretrained weights or encoder loaded and the fixed layers frozen (see `_freeze`).
+
+    Raises:
+        ConfigError: If the configuration does not fit the data.
+        InputError: If the data cannot be read.
+        ModelError: If the pretrained weights cannot be loaded.
+    """
+    keras.utils.set_random_seed(cfg.weights_seed)
+    train_set, val_set = build_datasets(cfg)
+    model = build_model(cfg.model_config())
+    if cfg.train_pretrained_weights is not None:
+        _load_pretrained(model, cfg)
+    if cfg.model_encoder_weights is not None:
+        load_encoder(model, Path(cfg.model_encoder_weights))
+    _freeze(model, cfg)
+    return model, train_set, val_set
+
+
+def compile_model(model: Any, cfg: TrainConfig, learning_rate: Any) -> None:
+    """Compile with Adam at `learning_rate` (a number or a schedule), the configuration's
+    loss, and Dice and Jaccard (of the mask head, for a two-head model)."""
+    metrics: Any = [dice_coefficient, jaccard]
+    if isinstance(model.output, (list, tuple)):  # two heads: score the mask
+        metrics = {"mask": metrics}
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=cfg.loss(), metrics=metrics)
+
+
 def _pretrained_path(cfg: TrainConfig) -> Path:
     """The weights file of ``train_pretrained_weights`` (a path or a built-in model)."""
     if cfg.builtin_weights is not None:
@@ -214,6 +249,42 @@ def _load_pretrained(model: Any, cfg: TrainConfig) -> None:
             target.set_weights(weights)
 
 
+#: Name prefixes of the encoder layers (U-Nets: ``enc*``, ``down*``; ResNet34: ``stem_*``,
+#: ``stage*``).
+ENCODER_PREFIXES = ("enc", "down", "stem_", "stage")
+
+
+def load_encoder(model: Any, path: Path) -> None:
+    """Copy the encoder (`ENCODER_PREFIXES`) of the Keras model in `path` (``.keras``:
+    e.g. a ResNet34 U-Net trained before, of any depth, decoder or output) into `model`,
+    layer by layer by name. Nothing is downloaded.
+
+    Raises:
+        ModelError: If the file cannot be loaded, holds no encoder layer of `model`, or
+            one of them has other weight shapes.
+    """
+    from ..export import load_keras_model
+
+    source = {layer.name: layer for layer in load_keras_model(path).layers}
+    copied = 0
+    for layer in model.layers:
+        found = source.get(layer.name)
+        if not layer.name.startswith(ENCODER_PREFIXES) or found is None or not layer.weights:
+            continue
+        weights = found.get_weights()
+        shapes = [w.shape for w in weights]
+        if shapes != [tuple(w.shape) for w in layer.weights]:
+            raise ModelError(
+                f"model_encoder_weights {path}: layer {layer.name!r} has weights of shapes "
+                f"{shapes}, this model's are {[tuple(w.shape) for w in layer.weights]} "
+                f"(another model_n_filters?)"
+            )
+        layer.set_weights(weights)
+        copied += 1
+    if not copied:
+        raise ModelError(f"model_encoder_weights {path} holds no encoder layer of this model")
+
+
 def _freeze(model: Any, cfg: TrainConfig) -> None:
     """Layers that fine-tuning leaves as they are.
 
@@ -221,13 +292,14 @@ def _freeze(model: Any, cfg: TrainConfig) -> None:
       where each batch norm is folded into the convolution before it, so only inference
       mode (moving statistics) reproduces the model; with a few frames per batch,
       batch statistics would be noise anyway.
-    - With ``model_train_decoder_only``, the encoder (every ``enc*`` and ``down*``
-      layer): the decoder and the bottleneck learn, on the pretrained features.
+    - With ``model_train_decoder_only``, the encoder (every layer named with one of
+      `ENCODER_PREFIXES`): the decoder and the bottleneck learn, on the pretrained
+      features.
     """
     for layer in model.layers:
         if cfg.builtin_weights is not None and isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
-        if cfg.model_train_decoder_only and layer.name.startswith(("enc", "down")):
+        if cfg.model_train_decoder_only and layer.name.startswith(ENCODER_PREFIXES):
             layer.trainable = False
 
 

@@ -16,10 +16,16 @@ from typing import Any
 from ..errors import ConfigError, check_keys
 
 DOWNSAMPLING = ("maxpool", "strided")
-UPSAMPLING = ("transpose", "interpolation")
+UPSAMPLING = ("transpose", "interpolation", "pixel_shuffle")
 OUTPUTS = ("sigmoid", "softmax", "two_heads")
 TEMPORAL = ("none", "convlstm")
 CONVLSTM_POSITIONS = ("input", "encoder", "bottleneck")
+#: Network families: the U-Net (and ConvLSTM-U-Net), the attention U-Net (Oktay et al.
+#: 2018), UNet3+ (Huang et al. 2020), a ResNet34 encoder with a U-Net decoder (the
+#: fastai DynamicUnet layout) and MultiResUNet (Ibtehaz and Rahman 2020).
+ARCHITECTURES = ("unet", "attention_unet", "unet3plus", "resnet34_unet", "multires_unet")
+#: Basic blocks per stage of the ResNet34 encoder.
+RESNET34_BLOCKS = (3, 4, 6, 3)
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,10 @@ class UNetConfig:
         activation: Keras activation of the hidden layers (``"relu"``, ``"elu"``, ...).
         downsampling: ``"maxpool"`` (2x2 max pooling) or ``"strided"`` (a stride-2
             convolution, the seed's ``*_fc`` models).
-        upsampling: ``"transpose"`` (2x2 stride-2 transposed convolution) or
-            ``"interpolation"`` (bilinear 2x upsampling followed by a convolution).
+        upsampling: ``"transpose"`` (2x2 stride-2 transposed convolution),
+            ``"interpolation"`` (bilinear 2x upsampling followed by a convolution) or
+            ``"pixel_shuffle"`` (a 1x1 convolution to 4x the channels, ICNR-initialized,
+            then depth-to-space: no checkerboard artifacts at the start of training).
         output: ``"sigmoid"`` (one foreground-probability channel), ``"softmax"``
             (``classes`` probability channels) or ``"two_heads"`` (two one-channel
             sigmoid outputs, ``"mask"`` and ``"target"``).
@@ -60,6 +68,20 @@ class UNetConfig:
             temporal context to it.
         time_steps: Frames per clip (1 for frame models, at least 2 for ConvLSTM ones).
         kernel_initializer: Keras initializer of the convolution kernels.
+        architecture: The network family (`ARCHITECTURES`). ``"unet"``: the U-Net
+            above (frame or ConvLSTM). ``"attention_unet"``: the U-Net with an attention
+            gate on every skip connection. ``"unet3plus"``: an encoder as the U-Net's and
+            UNet3+'s full-scale decoder (every decoder level sees every encoder level
+            and every deeper decoder level). ``"resnet34_unet"``: a ResNet34 encoder
+            (7x7 stride-2 stem, 3x3 max pooling, stages of 3, 4, 6, 3 basic blocks with
+            ``filters``, ``2 * filters``, ...) cut after ``pools`` downsamplings (5: the
+            whole ResNet34), a middle block and a U-Net decoder. ``"multires_unet"``:
+            MultiResUNet (MultiRes blocks, residual paths on the skip connections; batch
+            norm always, no dropout). Only ``"unet"`` can be temporal.
+        attention_filters: Channels inside the attention gates of level 0 (doubling per
+            level); None: half the skip connection's channels.
+        unet3plus_filters: Channels of each of UNet3+'s full-scale branches (a decoder
+            level has ``(pools + 1) * unet3plus_filters``); None: ``filters``.
     """
 
     pools: int = 3
@@ -79,6 +101,9 @@ class UNetConfig:
     convlstm_residual: bool = False
     time_steps: int = 1
     kernel_initializer: str = "he_uniform"
+    architecture: str = "unet"
+    attention_filters: int | None = None
+    unet3plus_filters: int | None = None
 
     def __post_init__(self) -> None:
         def positive_int(name: str, value: object) -> None:
@@ -120,7 +145,40 @@ class UNetConfig:
             raise ConfigError(
                 f"a ConvLSTM model needs time_steps >= 2 frames per clip, got {self.time_steps}"
             )
+        one_of("architecture", self.architecture, ARCHITECTURES)
+        for name in ("attention_filters", "unet3plus_filters"):
+            if getattr(self, name) is not None:
+                positive_int(name, getattr(self, name))
+        self._check_architecture()
         _check_keras_names(self.activation, self.kernel_initializer)
+
+    def _check_architecture(self) -> None:
+        """The fields each architecture has (an unused field set is an error, not ignored)."""
+        arch = self.architecture
+        if arch != "unet" and self.temporal != "none":
+            raise ConfigError(f"only the 'unet' architecture can be temporal, not {arch!r}")
+        if arch != "attention_unet" and self.attention_filters is not None:
+            raise ConfigError(f"attention_filters is for 'attention_unet', not {arch!r}")
+        if arch != "unet3plus" and self.unet3plus_filters is not None:
+            raise ConfigError(f"unet3plus_filters is for 'unet3plus', not {arch!r}")
+        if arch in ("resnet34_unet", "multires_unet") and any(self.dropouts):
+            raise ConfigError(f"{arch} has no dropout; set model_dropout to 0")
+        if arch in ("resnet34_unet", "multires_unet") and set(self.dilations) != {1}:
+            raise ConfigError(f"{arch} has no dilated convolutions, got dilation={self.dilation}")
+        if arch != "resnet34_unet":
+            return
+        if not 2 <= self.pools <= len(RESNET34_BLOCKS) + 1:
+            raise ConfigError(
+                f"resnet34_unet has 2 to {len(RESNET34_BLOCKS) + 1} downsamplings (5: the "
+                f"whole ResNet34), got pools={self.pools}"
+            )
+        fixed = {"kernel_size": 3, "downsampling": "maxpool"}
+        for name, value in fixed.items():
+            if getattr(self, name) != value:
+                raise ConfigError(
+                    f"resnet34_unet has ResNet34's own {name} ({value!r}), "
+                    f"got {getattr(self, name)!r}"
+                )
 
     @property
     def dilations(self) -> tuple[int, ...]:
@@ -172,7 +230,8 @@ class UNetConfig:
 
 
 def alignment(cfg: UNetConfig) -> int:
-    """Input height and width must be multiples of this: ``2**pools``."""
+    """Input height and width must be multiples of this: ``2**pools`` (every
+    architecture downsamples ``pools`` times by 2)."""
     return int(2**cfg.pools)
 
 
@@ -209,7 +268,16 @@ def receptive_field(cfg: UNetConfig, steps: int | None = None) -> int:
 
     Returns:
         The radius in input pixels.
+
+    Raises:
+        ConfigError: For architectures other than ``"unet"``: their field is bounded from
+            the exported graph (`unetrt.onnxgraph.receptive_field`), not in closed form.
     """
+    if cfg.architecture != "unet":
+        raise ConfigError(
+            f"the {cfg.architecture!r} architecture has no closed-form receptive field; "
+            f"it is bounded from the exported ONNX graph"
+        )
     r = (cfg.kernel_size - 1) // 2
     k = cfg.kernel_size
     steps = cfg.time_steps if steps is None else steps
@@ -228,8 +296,11 @@ def receptive_field(cfg: UNetConfig, steps: int | None = None) -> int:
         # all, the smaller half before; the window spans [2i - before, 2i - before + k - 1].
         before = max(k - 2, 0) // 2
         down = max(k - 1 - before, 1 + before)
-    up_coarse = 0 if cfg.upsampling == "transpose" else 1  # bilinear reads both neighbours
-    up_fine = 0 if cfg.upsampling == "transpose" else r  # the convolution after it
+    # A transposed convolution or a pixel shuffle reads one coarse pixel per fine pixel;
+    # bilinear upsampling reads both neighbours, and a convolution follows it.
+    bilinear = cfg.upsampling == "interpolation"
+    up_coarse = 1 if bilinear else 0
+    up_fine = r if bilinear else 0
 
     radius = block(cfg.pools, (1, 1))
     for level in reversed(range(cfg.pools)):
@@ -268,6 +339,10 @@ def _seed_unet_schedule(pools: int, rate: float) -> tuple[float, ...]:
     return tuple(rate * (1 + p // 2) for p in range(pools)) + (rate * (1 + pools // 2),)
 
 
+def _constant_schedule(pools: int, rate: float) -> tuple[float, ...]:
+    return (rate,) * (pools + 1)
+
+
 def _seed_lstm_schedule(pools: int, rate: float) -> tuple[float, ...]:
     # UNetLSTM: rate * p at encoder level p, (pools - 1) * rate at the bottleneck.
     return tuple(rate * p for p in range(pools)) + (rate * (pools - 1),)
@@ -302,10 +377,22 @@ _SEED_PRESETS: dict[str, tuple[dict[str, Any], Callable[[int, float], tuple[floa
         },
         _seed_lstm_schedule,
     ),
+    # Not seed models: the other architectures of the projects unetrt grew from.
+    "attention_unet": ({"pools": 4, "architecture": "attention_unet"}, _constant_schedule),
+    "unet3plus": (
+        {"pools": 4, "upsampling": "interpolation", "architecture": "unet3plus"},
+        _constant_schedule,
+    ),
+    "resnet34_unet": (
+        {"pools": 5, "upsampling": "pixel_shuffle", "architecture": "resnet34_unet"},
+        _constant_schedule,
+    ),
+    "multires_unet": ({"pools": 4, "architecture": "multires_unet"}, _constant_schedule),
 }
 
 SEED_MODEL_NAMES: tuple[str, ...] = tuple(_SEED_PRESETS)
-"""Model names of the seed suite (its ``cnn_name``) that `config_from_seed_name` accepts."""
+"""Model names (``cnn_name``) that `config_from_seed_name` accepts: the seed suite's, then
+``attention_unet``, ``unet3plus`` and ``resnet34_unet``."""
 
 
 def config_from_seed_name(name: str, **overrides: Any) -> UNetConfig:
@@ -319,7 +406,10 @@ def config_from_seed_name(name: str, **overrides: Any) -> UNetConfig:
     extra first convolution before them is left out). ``lstm_unet`` is the seed's
     ``UNetLSTM``: ConvLSTM layers in every encoder block and the bottleneck, 5-frame
     clips. The seed's ``"model_dropout"`` grows with depth; a float ``dropout`` override
-    is spread over the levels the same way.
+    is spread over the levels the same way. ``attention_unet`` and ``unet3plus`` (4
+    levels), ``resnet34_unet`` (the whole ResNet34: 5 downsamplings, pixel-shuffle
+    upsampling) and ``multires_unet`` (4 levels) are the other architectures
+    (`ARCHITECTURES`); their dropout is the same at every level.
 
     Args:
         name: A seed model name (see `SEED_MODEL_NAMES`).
