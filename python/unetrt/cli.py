@@ -40,7 +40,8 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
         "train a U-Net from a JSON configuration or a few annotated frames (needs unetrt[train])",
         "Train the model CONFIG describes, or (--images DIR --masks DIR) a U-Net for a few "
         "annotated frames, from scratch or --from default; writes model.keras, config.json, "
-        "log.csv, summary.json, checkpoints/ and montages/ into the output folder.",
+        "log.csv, summary.json, checkpoints/ and montages/ into the output folder. With "
+        "--find-lr, a learning-rate range test instead: lr_finder.png and lr_finder.json.",
     ),
     "export": (
         "export a trained Keras model to ONNX with its contract (needs unetrt[train])",
@@ -59,6 +60,14 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
         "segment annotated frames and report Dice, IoU and pixel difference",
         "Segment IMAGES with the engine and compare with MASKS (foreground: "
         "label > 0) frame by frame.",
+    ),
+    "compare": (
+        "train (or reuse), export and evaluate several configurations on the same "
+        "frames (needs unetrt[train])",
+        "For each training CONFIG: take the finished model in its output_dir (or train "
+        "it), export it to ONNX and evaluate it on IMAGES against MASKS; writes "
+        "comparison.csv, comparison_frames.csv, comparison.png and the ONNX models "
+        "into OUT_DIR.",
     ),
 }
 
@@ -270,6 +279,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             from .train.config import load_config
 
             config = {**load_config(args.config).to_dict(), "train_max_minutes": args.minutes}
+    if args.find_lr:
+        return _find_lr(args, config)
+    for flag, value in (("--lr-steps", args.lr_steps), ("--lr-range", args.lr_range)):
+        if value is not None:
+            raise ConfigError(f"{flag} goes with --find-lr")
     path = train(
         config,
         output_dir=args.output_dir,
@@ -292,6 +306,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print("next:")
         print(f"  unetrt export {path} -o {onnx}")
         print(f"  unetrt segment VIDEO.tif --model {onnx}")
+    return 0
+
+
+def _find_lr(args: argparse.Namespace, config: Any) -> int:
+    """``unetrt train CONFIG --find-lr``: the learning-rate range test instead of a run."""
+    from .train.lrfind import find_lr
+
+    for flag, value in (("--resume", args.resume), ("--epochs", args.epochs),
+                        ("--minutes", args.minutes)):  # fmt: skip
+        if value is not None:
+            raise ConfigError(f"--find-lr trains no model to keep; it cannot go with {flag}")
+    options: dict[str, Any] = {}
+    if args.lr_steps is not None:
+        options["steps"] = args.lr_steps
+    if args.lr_range is not None:
+        options["start"], options["stop"] = args.lr_range
+    result = find_lr(config, output_dir=args.output_dir, **options)
+    ending = (
+        "reached the top of the range"
+        if result.diverged_at is None
+        else f"diverged at {result.diverged_at:.2g}"
+    )
+    print(f"suggested learning rate (model_lr): {result.suggested:.2g} (the loss {ending})")
+    print(f"plot written to {result.plot} (rates and losses in {result.table.name})")
     return 0
 
 
@@ -360,6 +398,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(report.table())
     if args.csv:
         print(f"scores written to {args.csv}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .train.compare import compare
+
+    result = compare(
+        args.config,
+        args.images,
+        args.masks,
+        output_dir=args.output_dir,
+        retrain=args.retrain,
+        pair=args.pair,
+        verbose=0 if args.quiet else 2,
+        progress=None if args.quiet else print,
+    )
+    print(result.table())
+    print(f"comparison written to {result.csv}, {result.frames_csv.name} and {result.plot.name}")
     return 0
 
 
@@ -478,6 +534,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="CHECKPOINT", help="continue from checkpoints/epochNNNN.keras"
     )
     tr.add_argument("--epochs", type=int, help="total epochs (overrides train_max_epochs)")
+    tr.add_argument(
+        "--find-lr",
+        action="store_true",
+        help="instead of training, run a learning-rate range test and suggest model_lr "
+        "(writes only lr_finder.png and lr_finder.json)",
+    )
+    tr.add_argument(
+        "--lr-steps",
+        type=int,
+        metavar="N",
+        help="with --find-lr: batches, one per rate (default 100)",
+    )
+    tr.add_argument(
+        "--lr-range",
+        nargs=2,
+        type=float,
+        metavar=("LOW", "HIGH"),
+        help="with --find-lr: the lowest and highest rate (default 1e-7 1)",
+    )
     tr.add_argument("-q", "--quiet", action="store_true", help="no per-epoch log lines")
 
     ex = _command(sub, "export", _cmd_export)
@@ -567,20 +642,41 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
     ev = _command(sub, "evaluate", _cmd_evaluate)
-    ev.add_argument("--images", required=True, help="frames: stack, folder or glob")
-    ev.add_argument("--masks", required=True, help="ground-truth masks: stack, folder or glob")
+    _add_annotated_frames(ev)
     ev.add_argument("--csv", metavar="PATH", help="write per-frame scores and the mean to PATH")
-    ev.add_argument(
+    _add_engine_options(ev)
+    _add_run_options(ev)
+    _add_model_overrides(ev)
+
+    cmp = _command(sub, "compare", _cmd_compare)
+    cmp.add_argument("config", nargs="+", help="training configurations (JSON)")
+    _add_annotated_frames(cmp)
+    cmp.add_argument(
+        "-o",
+        "--output-dir",
+        default="unetrt-comparison",
+        help="folder for the tables, the plot and the ONNX models (default unetrt-comparison)",
+    )
+    cmp.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train every configuration, even where its output_dir holds a finished model",
+    )
+    cmp.add_argument("-q", "--quiet", action="store_true", help="no training log lines")
+    return parser
+
+
+def _add_annotated_frames(parser: argparse.ArgumentParser) -> None:
+    """The frames and masks that evaluate and compare score on, and how they pair."""
+    parser.add_argument("--images", required=True, help="frames: stack, folder or glob")
+    parser.add_argument("--masks", required=True, help="ground-truth masks: stack, folder or glob")
+    parser.add_argument(
         "--pair",
         choices=("auto", "number", "order"),
         default="auto",
         help="pair frames and masks by the number in their file names or in order "
         "(default auto: by number when both are folders of numbered files)",
     )
-    _add_engine_options(ev)
-    _add_run_options(ev)
-    _add_model_overrides(ev)
-    return parser
 
 
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:

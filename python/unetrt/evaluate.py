@@ -179,7 +179,7 @@ def evaluate(
     if csv is not None and not Path(csv).parent.is_dir():
         raise OutputError(f"cannot write {csv}: folder {Path(csv).parent} does not exist")
     with open_frames(images) as frames, open_frames(masks) as truths:
-        pairs = _pairs(frames, truths, pair)
+        pairs = pair_frames(frames, truths, pair)
         with Segmenter(model, **segmenter_options) as segmenter:
             stream = segmenter.stream(source=frames)  # stack statistics, when needed
 
@@ -243,7 +243,7 @@ def _numbers(source: FrameSource) -> list[int] | None:
     return numbers
 
 
-def _pairs(frames: FrameSource, truths: FrameSource, pair: str) -> list[tuple[int, int]]:
+def pair_frames(frames: FrameSource, truths: FrameSource, pair: str) -> list[tuple[int, int]]:
     """(frame index, mask index) of each scored frame, in frame order."""
     frame_numbers, mask_numbers = _numbers(frames), _numbers(truths)
     by_number = pair == "number" or (
