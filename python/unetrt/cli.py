@@ -233,6 +233,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"built        for {model.built.backend} in {model.built.precision}: {details}")
     print(f"input        {image.name} {_shape(image.shape)} ({backend.layout})")
     print(f"output       {model.output_channels} channel(s), {model.contract.output}")
+    if model.contract.input_channels:
+        codes = json.dumps([c.to_json() for c in model.contract.input_channels])
+        print(f"channels     {codes}: the model's channels of each raw frame")
     for state in model.contract.states:
         print(
             f"state        {state.input} -> {state.output}: {state.channels} channel(s) at "

@@ -251,7 +251,9 @@ class _Run:
             return None
         try:
             check_outputs(src.path, output, None)
-            check_shape(src.frame_shape, self.seg.contract.channels)
+            check_shape(
+                src.frame_shape, self.seg.contract.channels, self.seg.contract.input_channels
+            )
             check_video(self.seg, src)
             stats = self.seg.stack_statistics(src)
             out = self.seg.open_output(src, output, "masks", self.resume)

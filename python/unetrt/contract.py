@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .channels import ChannelCode, parse_codes
 from .errors import ConfigError, ModelError, check_keys
 from .normalize import Normalization
 
@@ -115,6 +116,10 @@ class ModelContract:
         states: The recurrent states of a ``"stateful"`` model (`StateSpec`), empty for
             the others. The image input is the one input not named here, the prediction
             the one output not named here. ``halo`` then covers one step over all inputs.
+        input_channels: How raw multi-channel frames become the model's ``channels``
+            input channels (`unetrt.channels.ChannelCode`, one per channel, the
+            inference form of the training configuration's ``data_channels``); empty:
+            frames are fed as they are.
         version: Contract schema version.
     """
 
@@ -130,6 +135,7 @@ class ModelContract:
     temporal: str = "none"
     time_steps: int = 1
     states: tuple[StateSpec, ...] = ()
+    input_channels: tuple[ChannelCode, ...] = ()
     version: int = field(default=CONTRACT_VERSION, compare=False)  # the schema, not meaning
 
     def __post_init__(self) -> None:
@@ -171,6 +177,12 @@ class ModelContract:
                 raise bad(
                     f"state {state.input!r} stride", state.stride, "a divisor of the alignment"
                 )
+        if self.input_channels and len(self.input_channels) != self.channels:
+            raise bad(
+                "input_channels",
+                [c.to_json() for c in self.input_channels],
+                f"one code per model input channel ({self.channels})",
+            )
         names = [n for x in self.states for n in (x.input, x.output)]
         if len(set(names)) != len(names):
             raise bad("states", names, "distinct tensor names")
@@ -189,6 +201,10 @@ class ModelContract:
         out = dataclasses.asdict(self)
         out["classes"] = list(self.classes)
         out["states"] = [dataclasses.asdict(x) for x in self.states]
+        # Left out when empty: contracts without codes read as before.
+        del out["input_channels"]
+        if self.input_channels:
+            out["input_channels"] = [c.to_json() for c in self.input_channels]
         return out
 
     def to_json(self) -> str:
@@ -213,6 +229,11 @@ class ModelContract:
             if not isinstance(states, list):
                 raise ModelError(f"model contract: states must be a list, got {states!r}")
             values["states"] = tuple(StateSpec.from_dict(x) for x in states)
+        if "input_channels" in values:
+            try:
+                values["input_channels"] = parse_codes(values["input_channels"], "input_channels")
+            except ConfigError as exc:
+                raise ModelError(f"model contract: {exc}") from exc
         try:
             return cls(**values)
         except TypeError as exc:  # wrong value types that __post_init__ cannot compare
@@ -250,11 +271,12 @@ class StoredContract:
     @property
     def complete(self) -> bool:
         """True when the file states every field (nothing needs inferring)."""
-        return self.fields >= CONTRACT_FIELDS - {"states"}
+        return self.fields >= CONTRACT_FIELDS - {"states", "input_channels"}
 
 
-#: The contract fields a model states (all but the schema version). ``states`` is never
-#: inferred: a step model states it, a version-1 contract means none.
+#: The contract fields a model states (all but the schema version). ``states`` and
+#: ``input_channels`` are never inferred: a model that has them states them (a contract
+#: without them means none).
 CONTRACT_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelContract)) - {"version"}
 
 

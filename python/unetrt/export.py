@@ -224,6 +224,7 @@ def _contract_from_config(model: Any, config: TrainConfig, window: bool) -> Mode
         temporal=temporal,
         time_steps=cfg.time_steps,
         states=states,
+        input_channels=config.channel_codes,
     )
 
 
@@ -387,9 +388,13 @@ def _random_batch(contract: ModelContract) -> np.ndarray:
 
 def _real_batch(source: FrameInput, contract: ModelContract) -> np.ndarray:
     from .normalize import normalize_frame
-    from .pipeline import FrameChecks, fit_statistics
+    from .pipeline import FrameChecks, check_frame, fit_statistics
 
-    frames = _read_check_frames(source, contract)
+    raw = FrameChecks(channels=contract.channels, codes=contract.input_channels)
+    frames = [
+        check_frame(f, raw, f"check frame {i}")  # the model's channels of raw frames
+        for i, f in enumerate(_read_check_frames(source, contract))
+    ]
     spec = contract.normalization
     # The statistics step inference uses, so a stack-scope model is checked as it runs.
     stats = fit_statistics(

@@ -274,8 +274,9 @@ def open_model(
             )
         contract, inferred = infer_contract(be, known, graph_source=path, image=image)
         if stored is not None:
-            # A contract that names no states (any version-1 one) says there are none.
-            inferred.update(dict.fromkeys(stated | {"states"}, _stated(stored)))
+            # A contract that names no states (any version-1 one) says there are none,
+            # and one without channel codes that frames go in as they are.
+            inferred.update(dict.fromkeys(stated | {"states", "input_channels"}, _stated(stored)))
         inferred.update(dict.fromkeys(given, "given"))
         _check_fit(be, image, contract, label)
     except BaseException:

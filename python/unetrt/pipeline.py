@@ -34,6 +34,7 @@ import numpy as np
 
 from . import masks, tiling
 from .backends.base import channel_axis
+from .channels import ChannelCode, check_raw_shape, select_channels
 from .contract import ModelContract
 from .errors import ConfigError, InputError, ModelError, UnetrtError
 from .model import Model
@@ -128,10 +129,13 @@ class FrameChecks:
     Attributes:
         channels: Channels the model takes per frame.
         nan: ``None``: a frame holding NaN is an error; a number: NaN reads as it.
+        codes: The contract's ``input_channels``: raw frames are checked against the
+            channels they read and become the model's channels (`select_channels`).
     """
 
     channels: int
     nan: float | None = None
+    codes: tuple[ChannelCode, ...] = ()
 
 
 # ----------------------------------------------------------------------- per video
@@ -234,11 +238,16 @@ def fit_statistics(
 
 
 # ----------------------------------------------------------------------- stages
-def check_shape(shape: tuple[int, ...], channels: int) -> None:
+def check_shape(shape: tuple[int, ...], channels: int, codes: tuple[ChannelCode, ...] = ()) -> None:
     """Raises InputError unless frames of this shape fit a model of ``channels``.
 
     (H, W) fits one channel, (H, W, C) fits C channels; (H, W, 1) is taken as (H, W).
+    With channel `codes` (the contract's ``input_channels``), raw frames need the
+    channels the codes read.
     """
+    if codes:
+        check_raw_shape(shape, codes, "the frames")
+        return
     if len(shape) == 3 and shape[-1] == 1 and channels == 1:
         return
     if (channels == 1 and len(shape) != 2) or (
@@ -254,7 +263,9 @@ def check_shape(shape: tuple[int, ...], channels: int) -> None:
 def check_frame(frame: np.ndarray, checks: FrameChecks, label: str) -> np.ndarray:
     """Stage 1a: a frame of the model's shape and with usable values.
 
-    Accepts (H, W) (or (H, W, 1)) for one-channel models and (H, W, C) for C channels.
+    Accepts (H, W) (or (H, W, 1)) for one-channel models and (H, W, C) for C channels;
+    with channel codes, raw frames with the channels they read, which it returns as the
+    model's channels.
     Floating frames must be finite: NaN is an error unless ``checks.nan`` says what it
     reads as; infinity is always an error (it has no intensity to normalize).
 
@@ -262,9 +273,12 @@ def check_frame(frame: np.ndarray, checks: FrameChecks, label: str) -> np.ndarra
         InputError: Naming the frame (``label``) and what is wrong with it.
     """
     frame = np.asarray(frame)
-    if frame.ndim == 3 and frame.shape[-1] == 1 and checks.channels == 1:
+    if frame.ndim == 3 and frame.shape[-1] == 1 and checks.channels == 1 and not checks.codes:
         frame = frame[..., 0]
-    check_shape(frame.shape, checks.channels)
+    if checks.codes:
+        check_raw_shape(frame.shape, checks.codes, label)
+    else:
+        check_shape(frame.shape, checks.channels)
     if frame.dtype.kind == "f" and frame.dtype.itemsize > 4:
         # The kernel computes in float32: larger magnitudes would become infinity there.
         big = int(np.count_nonzero(np.abs(frame) > np.finfo(np.float32).max))
@@ -283,7 +297,7 @@ def check_frame(frame: np.ndarray, checks: FrameChecks, label: str) -> np.ndarra
                 f"made (use --nan VALUE, or nan=VALUE, to read NaN as a value)"
             )
         frame = np.where(nan, frame.dtype.type(checks.nan), frame)
-    return frame
+    return select_channels(frame, checks.codes) if checks.codes else frame
 
 
 def prepare(

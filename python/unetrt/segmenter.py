@@ -356,7 +356,9 @@ class Segmenter:
                 f"got tile {wanted[0]}x{wanted[1]}"
             )
         self.stitch = stitch
-        self._checks = FrameChecks(channels=contract.channels, nan=nan)
+        self._checks = FrameChecks(
+            channels=contract.channels, nan=nan, codes=contract.input_channels
+        )
         self._tiles = TilePolicy(
             alignment=contract.alignment,
             halo=contract.halo,
@@ -525,7 +527,7 @@ class Segmenter:
             exception is the frame's error (e.g. an `InputError` for a NaN frame); it is
             cancelled if the frame was dropped (``when_full="drop_oldest"``).
         """
-        check_shape(np.shape(frame), self.contract.channels)
+        check_shape(np.shape(frame), self.contract.channels, self.contract.input_channels)
         return self._queue.submit(frame, probabilities)
 
     @property
@@ -623,7 +625,7 @@ class Segmenter:
                 total = len(src)
                 stream = None
             assert src.frame_shape is not None
-            check_shape(src.frame_shape, self.contract.channels)
+            check_shape(src.frame_shape, self.contract.channels, self.contract.input_channels)
             if isinstance(src, FrameSource):
                 check_video(self, src)
             with ExitStack() as writers:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..channels import ChannelCode, parse_codes
 from ..errors import ConfigError
 from ..normalize import Normalization
 from .augment import AugmentConfig
@@ -112,6 +113,7 @@ class TrainConfig:
     data_val_fraction: float = 0.0
     data_val_mode: str = "frames"
     data_exclude_frames: tuple[int, ...] | str = ()
+    data_channels: tuple[Any, ...] | None = None
     output_dir: str = "unetrt-run"
     seed: int = 0
     # model (seed)
@@ -198,6 +200,11 @@ class TrainConfig:
         if self.train_steps_per_epoch is not None:
             return self.train_steps_per_epoch
         return max(math.ceil(frames / self.datagen_batch_size), MIN_STEPS_PER_EPOCH)
+
+    @property
+    def channel_codes(self) -> tuple[ChannelCode, ...]:
+        """The parsed ``data_channels`` (empty: grey frames as they are)."""
+        return parse_codes(self.data_channels)
 
     @property
     def alignment(self) -> int:
@@ -303,6 +310,7 @@ class TrainConfig:
             "batch_norm": self.batch_norm,
             "output": output,
             "classes": len(self.classes),
+            "channels_in": len(self.channel_codes) or 1,
         }
         optional = {
             "dilation": self.model_dilation_rate,
@@ -530,6 +538,7 @@ def _check_values(c: TrainConfig) -> None:
                 f"one of {METHODS} (any case) or a normalization object",
             )
     _ = c.normalization  # building it validates the normalization keys
+    _ = c.channel_codes  # and parsing them the channel codes
 
 
 def _check_consistency(c: TrainConfig) -> None:

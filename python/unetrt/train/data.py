@@ -40,9 +40,10 @@ import keras
 import numpy as np
 from scipy import ndimage
 
+from ..channels import ChannelCode, blanked, check_raw_shape, draw, is_random, select_channels
 from ..errors import ConfigError, InputError
-from ..io import IMAGE_SUFFIXES, frame_number, open_frames
-from ..normalize import Normalization
+from ..io import IMAGE_SUFFIXES, MAX_CHANNELS, frame_number, open_frames
+from ..normalize import Normalization, Statistics
 from .augment import AugmentConfig, augment_patch
 from .names import DATA_LAYOUTS, ENCODINGS, TARGETS
 from .sampling import PatchSampler
@@ -52,14 +53,19 @@ if TYPE_CHECKING:
 
 
 # ---------------------------------------------------------------------------- reading
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, multichannel: bool = False) -> np.ndarray:
     """Read one 2D frame or mask (TIFF or PNG) as stored (uint8, uint16, ...).
+
+    With `multichannel` (frames for ``data_channels``), a frame the engine's reader reads
+    as (H, W, C) is kept as it is.
 
     Raises:
         InputError: If the file is missing, unreadable or not a single grey 2D image.
     """
     path = Path(path)
     array = _read(path)
+    if multichannel and array.ndim == 3 and array.shape[-1] <= MAX_CHANNELS:
+        return array
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         rgb = array[..., :3]
         if not (
@@ -74,13 +80,18 @@ def read_image(path: str | Path) -> np.ndarray:
     return array
 
 
-def read_stack(path: str | Path) -> np.ndarray:
-    """Read a multi-page TIFF (or a single 2D image) as a (time, rows, cols) array.
+def read_stack(path: str | Path, multichannel: bool = False) -> np.ndarray:
+    """Read a multi-page TIFF (or a single 2D image) as a (time, rows, cols) array, or
+    (time, rows, cols, channels) with `multichannel` where the engine's reader sees
+    channels.
 
     Raises:
         InputError: If the file is missing, unreadable or not 2D + time.
     """
     path = Path(path)
+    if multichannel:
+        with open_frames(path) as source:
+            return np.stack(list(source))
     array = _read(path)
     if array.ndim == 2:
         array = array[None]
@@ -147,7 +158,7 @@ class AnnotatedVideo:
 
 
 def _check_pair(image: np.ndarray, mask: np.ndarray, where: str) -> None:
-    if mask.shape != image.shape:
+    if mask.shape != image.shape[: mask.ndim]:
         raise InputError(f"{where}: mask shape {mask.shape} differs from frame shape {image.shape}")
     if mask.dtype.kind not in "biu":
         raise InputError(f"{where}: masks must be integer labels, got dtype {mask.dtype}")
@@ -165,7 +176,9 @@ def _as_video(
     ]
 
 
-def load_folders(images: str | Path, masks: str | Path) -> list[AnnotatedVideo]:
+def load_folders(
+    images: str | Path, masks: str | Path, multichannel: bool = False
+) -> list[AnnotatedVideo]:
     """Frames and masks from two folders, matched by file stem or frame number.
 
     Raises:
@@ -186,7 +199,7 @@ def load_folders(images: str | Path, masks: str | Path) -> list[AnnotatedVideo]:
         mask_path = by_stem.get(path.stem) or (
             by_number.get(number) if number is not None else None
         )
-        frames.append(read_image(path))
+        frames.append(read_image(path, multichannel))
         numbers.append(position if number is None else number)
         if mask_path is not None:
             mask = read_image(mask_path)
@@ -199,7 +212,9 @@ def load_folders(images: str | Path, masks: str | Path) -> list[AnnotatedVideo]:
     return _as_video(Path(images).name, frames, numbers, found)
 
 
-def load_stacks(images: str | Path, masks: str | Path) -> list[AnnotatedVideo]:
+def load_stacks(
+    images: str | Path, masks: str | Path, multichannel: bool = False
+) -> list[AnnotatedVideo]:
     """A frame stack and a mask stack, or two folders of stacks matched by file name.
 
     Every frame of a stack is annotated (an empty mask frame means "no cells").
@@ -221,7 +236,7 @@ def load_stacks(images: str | Path, masks: str | Path) -> list[AnnotatedVideo]:
         pairs = [(images, masks)]
     videos = []
     for image_path, mask_path in pairs:
-        stack, labels = read_stack(image_path), read_stack(mask_path)
+        stack, labels = read_stack(image_path, multichannel), read_stack(mask_path)
         _check_pair(stack, labels, str(mask_path))
         videos.append(
             AnnotatedVideo(
@@ -258,7 +273,9 @@ def ctc_mask_folder(images: str | Path) -> Path:
     )
 
 
-def load_ctc(images: str | Path, masks: str | Path | None = None) -> list[AnnotatedVideo]:
+def load_ctc(
+    images: str | Path, masks: str | Path | None = None, multichannel: bool = False
+) -> list[AnnotatedVideo]:
     """A Cell Tracking Challenge sequence (``t000.tif`` + ``man_seg000.tif``).
 
     Args:
@@ -270,10 +287,11 @@ def load_ctc(images: str | Path, masks: str | Path | None = None) -> list[Annota
     """
     images = Path(images)
     frames = images / "frames" if (images / "frames").is_dir() else images
-    return load_folders(frames, ctc_mask_folder(images) if masks is None else masks)
+    mask_folder = ctc_mask_folder(images) if masks is None else masks
+    return load_folders(frames, mask_folder, multichannel)
 
 
-def load_seed_csv(root: str | Path) -> list[AnnotatedVideo]:
+def load_seed_csv(root: str | Path, multichannel: bool = False) -> list[AnnotatedVideo]:
     """The seed suite's ``inputs/`` + ``labels/`` + ``videos2im_relation.csv`` layout.
 
     Raises:
@@ -301,7 +319,7 @@ def load_seed_csv(root: str | Path) -> list[AnnotatedVideo]:
         groups = {p.stem: [p] for p in inputs}
     videos = []
     for video, paths in groups.items():
-        frames = [read_image(p) for p in paths]
+        frames = [read_image(p, multichannel) for p in paths]
         numbers = [frame_number(p) or 0 for p in paths]
         found = {}
         for i, number in enumerate(numbers):
@@ -319,6 +337,7 @@ def load_annotated(
     images: str | Path,
     masks: str | Path | None = None,
     exclude_frames: Iterable[int] = (),
+    multichannel: bool = False,
 ) -> list[AnnotatedVideo]:
     """Load annotated videos in any of the `DATA_LAYOUTS`.
 
@@ -327,6 +346,7 @@ def load_annotated(
         images: Frames folder, stack (or folder of stacks), CTC sequence or seed root.
         masks: Masks folder or stack(s); optional for ``"ctc"``, unused for ``"seed_csv"``.
         exclude_frames: Frame numbers whose masks are never used (e.g. gold truth).
+        multichannel: Keep the channels of (H, W, C) frames (``data_channels``).
 
     Returns:
         The videos; those left with no mask after exclusion are dropped.
@@ -338,15 +358,15 @@ def load_annotated(
     if layout not in DATA_LAYOUTS:
         raise ConfigError(f"data_format must be one of {DATA_LAYOUTS}, got {layout!r}")
     if layout == "ctc":
-        videos = load_ctc(images, masks)
+        videos = load_ctc(images, masks, multichannel)
     elif layout == "seed_csv":
-        videos = load_seed_csv(images)
+        videos = load_seed_csv(images, multichannel)
     elif masks is None:
         raise ConfigError(f"data_format {layout!r} needs a masks path next to {images}")
     elif layout == "folders":
-        videos = load_folders(images, masks)
+        videos = load_folders(images, masks, multichannel)
     else:
-        videos = load_stacks(images, masks)
+        videos = load_stacks(images, masks, multichannel)
     exclude = list(exclude_frames)
     videos = [v.without(exclude) for v in videos]
     kept = [v for v in videos if v.masks]
@@ -444,25 +464,48 @@ def make_target(
 
 
 # ------------------------------------------------------------------------- batches
+def video_statistics(
+    video: AnnotatedVideo, spec: Normalization, codes: Sequence[ChannelCode] = ()
+) -> Statistics | None:
+    """The stack statistics of a ``scope="stack"`` normalization (None for the others),
+    from `unetrt.normalize.STACK_SAMPLE_FRAMES` evenly spaced frames of the video, with
+    the inference form of the channel `codes`, as inference computes them."""
+    from ..normalize import sample_statistics
+
+    if not spec.needs_stack_statistics:
+        return None
+    frames = video.frames
+    if codes:
+        return sample_statistics(lambda i: select_channels(frames[i], codes), len(frames), spec)
+    return sample_statistics(frames.__getitem__, len(frames), spec)
+
+
 def normalize_video(
-    video: AnnotatedVideo, spec: Normalization, positions: Iterable[int]
+    video: AnnotatedVideo,
+    spec: Normalization,
+    positions: Iterable[int],
+    codes: Sequence[ChannelCode] = (),
 ) -> dict[int, np.ndarray]:
     """Normalize some frames of a video exactly as inference does.
 
     Args:
         video: The video.
-        spec: The normalization; for ``scope="stack"`` the statistics come from
-            `unetrt.normalize.STACK_SAMPLE_FRAMES` evenly spaced frames of the video.
+        spec: The normalization (`video_statistics` for ``scope="stack"``).
         positions: Which frames to normalize.
+        codes: Channel codes (inference form): the model's channels of each raw frame
+            are normalized, (H, W, len(codes)) for several.
 
     Returns:
         float32 frames by position.
     """
-    from ..normalize import normalize_frame, sample_statistics
+    from ..normalize import normalize_frame
 
-    stats = None
-    if spec.needs_stack_statistics:
-        stats = sample_statistics(video.frames.__getitem__, len(video.frames), spec)
+    stats = video_statistics(video, spec, codes)
+    if codes:
+        return {
+            i: normalize_frame(select_channels(video.frames[i], codes), spec, stats)
+            for i in positions
+        }
     return {i: normalize_frame(video.frames[i], spec, stats) for i in positions}
 
 
@@ -517,16 +560,25 @@ class TargetSpec:
 class _Sample:
     """One annotated frame, ready to cut patches from."""
 
-    clip: tuple[np.ndarray, ...]  # normalized frames, the annotated one last
+    clip: tuple[np.ndarray, ...]  # normalized frames, the annotated one last (raw: deferred)
     target: np.ndarray  # uint8 class map
     weights: np.ndarray | None
     foreground: np.ndarray  # flat indices of target > 0
+    stats: Statistics | None = None  # stack statistics, for frames normalized per draw
 
 
 def _prepare(
-    videos: Sequence[AnnotatedVideo], spec: Normalization, target: TargetSpec, time_steps: int
+    videos: Sequence[AnnotatedVideo],
+    spec: Normalization,
+    target: TargetSpec,
+    time_steps: int,
+    codes: Sequence[ChannelCode] = (),
+    defer: bool = False,
 ) -> list[_Sample]:
-    """Normalize the frames the samples need (once) and build targets and weights."""
+    """Normalize the frames the samples need (once) and build targets and weights.
+
+    With channel `codes` the model's channels of each frame are normalized; with `defer`
+    the raw frames are kept instead, to be selected and normalized per draw."""
     if time_steps > 1:
         for video in videos:
             if len({f.shape for f in video.frames}) != 1 or len(video.frames) < 2:
@@ -538,7 +590,15 @@ def _prepare(
     for video in videos:
         clips = {t: [max(t - k, 0) for k in range(time_steps - 1, -1, -1)] for t in video.masks}
         needed = sorted({i for clip in clips.values() for i in clip})
-        frames = normalize_video(video, spec, needed)
+        if codes:
+            for i in needed:
+                check_raw_shape(video.frames[i].shape, codes, f"{video.name} frame {i}")
+        stats = video_statistics(video, spec, codes) if defer else None
+        frames = (
+            {i: video.frames[i] for i in needed}
+            if defer
+            else normalize_video(video, spec, needed, codes)
+        )
         for t in sorted(video.masks):
             labels = video.masks[t]
             classes = make_target(labels, target.kind, target.contour_width)
@@ -555,6 +615,7 @@ def _prepare(
                     classes,
                     weights,
                     np.flatnonzero(classes).astype(np.int64),
+                    stats,
                 )
             )
     if not samples:
@@ -573,13 +634,21 @@ class _AnnotatedBatches(keras.utils.PyDataset):
         normalization: Normalization | None,
         target: TargetSpec | None,
         pydataset_options: dict[str, Any],
+        codes: Sequence[ChannelCode] = (),
+        defer: bool = False,
     ) -> None:
         super().__init__(**pydataset_options)
         if time_steps < 1:
             raise ConfigError(f"time_steps must be >= 1, got {time_steps!r}")
         self.time_steps = time_steps
         self.target = target or TargetSpec()
-        self._samples = _prepare(videos, normalization or Normalization(), self.target, time_steps)
+        self.normalization = normalization or Normalization()
+        self.codes = tuple(codes)
+        self.channels = len(self.codes) or 1
+        self._defer = defer
+        self._samples = _prepare(
+            videos, self.normalization, self.target, time_steps, self.codes, defer
+        )
 
     @property
     def frames(self) -> int:
@@ -592,11 +661,22 @@ class _AnnotatedBatches(keras.utils.PyDataset):
         classes: list[np.ndarray],
         weights: list[np.ndarray | None],
     ) -> tuple[np.ndarray, Any]:
-        x = np.stack(images)[..., None].astype(np.float32, copy=False)
+        # images: (time_steps * channels, rows, cols) planes each, time major
+        x = np.stack(images).astype(np.float32, copy=False)
+        b, _, rows, cols = x.shape
+        x = x.reshape(b, self.time_steps, self.channels, rows, cols).transpose(0, 1, 3, 4, 2)
         if self.time_steps == 1:
             x = x[:, 0]  # (batch, H, W, 1) for frame models
         w = None if weights[0] is None else np.stack([w for w in weights if w is not None])
         return x, self.target.encode(np.stack(classes), w)
+
+
+def _planes(clip: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """A clip's frames (rows, cols[, channels]) as planes, time major: every plane gets
+    the same geometry in `augment_patch`."""
+    if clip[0].ndim == 2:
+        return list(clip)
+    return [frame[..., k] for frame in clip for k in range(frame.shape[-1])]
 
 
 class PatchDataset(_AnnotatedBatches):
@@ -630,6 +710,7 @@ class PatchDataset(_AnnotatedBatches):
         seed: int = 0,
         fixed: bool = False,
         steps: int | None = None,
+        codes: Sequence[ChannelCode] = (),
         **pydataset_options: Any,
     ) -> None:
         """Prepare the frames (normalization, targets, weights) once.
@@ -648,6 +729,10 @@ class PatchDataset(_AnnotatedBatches):
             fixed: Draw the same batches every epoch (validation patches).
             steps: Batches per epoch; default one pass over the frames. More batches go
                 round the (shuffled) frames again, with new patches and augmentation.
+            codes: Channel codes (``data_channels``): the model's channels of each raw
+                frame, drawn per patch (random picks, merge dropout; the frames then
+                normalized per patch) and blanked per patch (channel dropout), except
+                for ``fixed`` batches, which take the inference form.
             **pydataset_options: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
 
         Raises:
@@ -665,6 +750,8 @@ class PatchDataset(_AnnotatedBatches):
             normalization=normalization,
             target=target,
             pydataset_options=pydataset_options,
+            codes=codes,
+            defer=is_random(codes) and not fixed,
         )
         self.patch_shape = (int(patch_shape[0]), int(patch_shape[1]))
         self.batch_size = batch_size
@@ -694,9 +781,10 @@ class PatchDataset(_AnnotatedBatches):
         for pick in picks:
             sample = self._samples[pick]
             for _ in range(self.patches_per_frame):
+                clip = self._drawn_clip(sample, rng)
                 centre = self.sampler.sample_centre(sample.foreground, sample.target.shape, rng)
                 image, target, weight = augment_patch(
-                    sample.clip,
+                    clip,
                     sample.target,
                     sample.weights,
                     config=self.augment,
@@ -705,10 +793,27 @@ class PatchDataset(_AnnotatedBatches):
                     centre=centre,
                 )
                 assert target is not None  # a mask went in
+                if self.codes and not self.fixed:
+                    drop = blanked(self.codes, rng)
+                    image.reshape(self.time_steps, self.channels, *image.shape[1:])[:, drop] = 0
                 images.append(image)
                 classes.append(target)
                 weights.append(weight)
         return self._stack(images, classes, weights)
+
+    def _drawn_clip(self, sample: _Sample, rng: np.random.Generator) -> list[np.ndarray]:
+        """The sample's planes for one patch: its channels drawn and normalized now when
+        the codes draw, else as prepared."""
+        clip = sample.clip
+        if self._defer:
+            from ..normalize import normalize_frame
+
+            drawn = draw(self.codes, rng)
+            clip = tuple(
+                normalize_frame(select_channels(f, drawn), self.normalization, sample.stats)
+                for f in clip
+            )
+        return _planes(clip)
 
     def on_epoch_end(self) -> None:
         """Move to the next epoch's frame order and patches (unless ``fixed``)."""
@@ -731,6 +836,7 @@ class FrameDataset(_AnnotatedBatches):
         time_steps: int = 1,
         normalization: Normalization | None = None,
         target: TargetSpec | None = None,
+        codes: Sequence[ChannelCode] = (),
         **pydataset_options: Any,
     ) -> None:
         """Prepare the frames (normalization, targets, weights) once.
@@ -741,6 +847,7 @@ class FrameDataset(_AnnotatedBatches):
             time_steps: Frames per clip (1 for frame models).
             normalization: Intensity normalization (`Normalization()` if None).
             target: Target kind and encoding (`TargetSpec()` if None).
+            codes: Channel codes (``data_channels``), in their inference form.
             **pydataset_options: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
 
         Raises:
@@ -752,6 +859,7 @@ class FrameDataset(_AnnotatedBatches):
             normalization=normalization,
             target=target,
             pydataset_options=pydataset_options,
+            codes=codes,
         )
         self.alignment = alignment
         for sample in self._samples:
@@ -769,7 +877,7 @@ class FrameDataset(_AnnotatedBatches):
             raise IndexError(f"frame {index} of a dataset of {len(self)} frames")
         sample = self._samples[index]
         rows, cols = (s - s % self.alignment for s in sample.target.shape)
-        clip = np.stack([f[:rows, :cols] for f in sample.clip])
+        clip = np.stack(_planes([f[:rows, :cols] for f in sample.clip]))
         weights = None if sample.weights is None else sample.weights[:rows, :cols]
         return self._stack([clip], [sample.target[:rows, :cols]], [weights])
 
@@ -798,10 +906,16 @@ def build_datasets(
     exclude = config.data_exclude_frames
     numbers = numbers_in_folder(exclude) if isinstance(exclude, str) else exclude
     layout = config.data_format
-    train = load_annotated(layout, config.data_train_images, config.data_train_masks, numbers)
+    codes = config.channel_codes
+    multichannel = bool(codes)
+    train = load_annotated(
+        layout, config.data_train_images, config.data_train_masks, numbers, multichannel
+    )
     val: list[AnnotatedVideo] = []
     if config.data_val_images is not None:
-        val = load_annotated(layout, config.data_val_images, config.data_val_masks)
+        val = load_annotated(
+            layout, config.data_val_images, config.data_val_masks, multichannel=multichannel
+        )
     elif config.data_val_fraction > 0:
         train, val = split_validation(train, config.data_val_fraction)
     weights = None
@@ -819,6 +933,7 @@ def build_datasets(
         "normalization": config.normalization,
         "target": target,
         "sampler": config.sampler,
+        "codes": codes,
     }
     steps = config.steps_per_epoch(sum(len(video.masks) for video in train))
     train_set = PatchDataset(
@@ -849,6 +964,7 @@ def build_datasets(
             time_steps=time_steps,
             normalization=config.normalization,
             target=target,
+            codes=codes,
             **pydataset_options,
         )
     return train_set, val_set
