@@ -1,8 +1,7 @@
 """Channel loading codes: which model input channels a multi-channel frame makes.
 
-A training configuration's ``data_channels`` (and a model contract's
-``input_channels``) is a list of codes; each makes one model input channel from the raw
-frame (H, W, C), before normalization:
+A training configuration's ``data_channels`` is a list of codes; each makes one model
+input channel from the raw frame (H, W, C), before normalization:
 
 - ``i``: channel ``i``;
 - ``{"channel": i, "dropout": p}``: channel ``i``; in training blanked (zero after
@@ -13,11 +12,11 @@ frame (H, W, C), before normalization:
   maximum of those channels; in training each is left out with probability ``p`` (one
   at least is kept, drawn at random when all were dropped), at inference all are merged.
 
-Training and inference call the same `select_channels`; training first resolves its
-draws per sample (`draw`: random picks, merge dropout) into plain codes, and `blanked`
-says which channels it blanks after normalization. These codes follow the "loading
-codes" of the fastai cell-segmentation trainer (a random channel, channel dropout, merged
-channels, merged with dropout).
+A model contract's ``input_channels`` holds their inference form (`inference_codes`:
+channel indices and merges, no dropout). Training and inference call the same
+`select_channels`; training first resolves its draws per sample (`draw`: random picks,
+merge dropout) into plain codes, and `blanked` says which channels it blanks after
+normalization.
 """
 
 from __future__ import annotations
@@ -70,8 +69,16 @@ class ChannelCode:
             out["dropout"] = self.dropout
         return out
 
+    def at_inference(self) -> ChannelCode:
+        """The plain code inference uses: a random code's ``inference`` channel, no
+        dropout."""
+        if self.kind == "random":
+            assert self.inference is not None
+            return ChannelCode("channel", (self.inference,))
+        return ChannelCode(self.kind, self.channels, merge=self.merge)
+
     def plane(self, frame: np.ndarray) -> np.ndarray:
-        """This code's channel of a raw (H, W, C) frame (the inference form)."""
+        """This code's channel of a raw (H, W, C) frame, in its inference form."""
         if self.kind == "channel":
             return frame[..., self.channels[0]]
         if self.kind == "random":
@@ -79,7 +86,10 @@ class ChannelCode:
         values = frame[..., list(self.channels)]
         if self.merge == "max":
             return values.max(axis=-1)
-        return values.mean(axis=-1, dtype=np.float32)
+        # In the frame's dtype (integers rounded): the normalization's scale depends on
+        # the dtype (65535 for uint16, 1 for float), so a merged channel must keep it.
+        mean = values.mean(axis=-1)
+        return (np.rint(mean) if frame.dtype.kind in "biu" else mean).astype(frame.dtype)
 
     def draw(self, rng: np.random.Generator) -> ChannelCode:
         """The plain code one training sample uses: a random code's drawn channel, a
@@ -106,7 +116,7 @@ def _indices(value: object, where: str) -> tuple[int, ...]:
         raise ConfigError(f"{where}: expected a non-empty list of channel indices, got {value!r}")
     out = tuple(_index(v, where) for v in value)
     if len(set(out)) != len(out):
-        raise ConfigError(f"{where}: channel {sorted(out)} listed twice")
+        raise ConfigError(f"{where}: channels {list(out)} list a channel twice")
     return out
 
 
@@ -159,15 +169,17 @@ def parse_code(spec: object, where: str = "data_channels") -> ChannelCode:
 
 
 def parse_codes(spec: object, where: str = "data_channels") -> tuple[ChannelCode, ...]:
-    """Codes from their configuration form (a non-empty list); None or () gives ().
+    """Codes from their configuration form (a non-empty list); None gives ().
 
     Raises:
         ConfigError: Naming `where` and the bad code.
     """
-    if spec is None or (isinstance(spec, (list, tuple)) and not spec):
+    if spec is None:
         return ()
-    if not isinstance(spec, (list, tuple)):
-        raise ConfigError(f"{where} must be a list of channel codes or null, got {spec!r}")
+    if not isinstance(spec, (list, tuple)) or not spec:
+        raise ConfigError(
+            f"{where} must be a non-empty list of channel codes or null, got {spec!r}"
+        )
     return tuple(parse_code(code, f"{where}[{i}]") for i, code in enumerate(spec))
 
 
@@ -185,7 +197,7 @@ def check_raw_shape(shape: tuple[int, ...], codes: Sequence[ChannelCode], label:
     need = raw_channels(codes)
     if not have or have < need:
         raise InputError(
-            f"{label} has shape {tuple(shape)} ({have} channel{'s' if have != 1 else ''}); "
+            f"{label}: shape {tuple(shape)}, {have} channel{'s' if have != 1 else ''}; "
             f"the model's channel codes read channel {need - 1}, so frames need (H, W, C) "
             f"with C >= {need}"
         )
@@ -199,8 +211,7 @@ def select_channels(frame: np.ndarray, codes: Sequence[ChannelCode]) -> np.ndarr
         codes: The codes (`parse_codes`), or a training sample's `draw`.
 
     Returns:
-        The frame's dtype where every code copies or takes the maximum of raw values; a
-        ``"mean"`` merge gives float32 (and promotes the others with it).
+        In the frame's dtype (a ``"mean"`` merge of integers is rounded to the nearest).
     """
     frame = np.asarray(frame)
     if frame.ndim == 2:
@@ -209,6 +220,12 @@ def select_channels(frame: np.ndarray, codes: Sequence[ChannelCode]) -> np.ndarr
     if len(planes) == 1:
         return np.ascontiguousarray(planes[0])
     return np.stack(planes, axis=-1)
+
+
+def inference_codes(codes: Sequence[ChannelCode]) -> tuple[ChannelCode, ...]:
+    """The codes' inference form (`ChannelCode.at_inference`), as model contracts hold
+    them."""
+    return tuple(code.at_inference() for code in codes)
 
 
 def draw(codes: Sequence[ChannelCode], rng: np.random.Generator) -> tuple[ChannelCode, ...]:

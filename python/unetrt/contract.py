@@ -177,11 +177,15 @@ class ModelContract:
                 raise bad(
                     f"state {state.input!r} stride", state.stride, "a divisor of the alignment"
                 )
+        codes = [c.to_json() for c in self.input_channels]
         if self.input_channels and len(self.input_channels) != self.channels:
+            raise bad("input_channels", codes, f"one code per input channel ({self.channels})")
+        if any(c != c.at_inference() for c in self.input_channels):
             raise bad(
                 "input_channels",
-                [c.to_json() for c in self.input_channels],
-                f"one code per model input channel ({self.channels})",
+                codes,
+                "inference codes (channel indices and merges, without dropout or random "
+                "draws; export turns a training configuration's data_channels into them)",
             )
         names = [n for x in self.states for n in (x.input, x.output)]
         if len(set(names)) != len(names):

@@ -183,6 +183,7 @@ def _input_shape(model: Any) -> tuple[int | None, ...]:
 
 
 def _contract_from_config(model: Any, config: TrainConfig, window: bool) -> ModelContract:
+    from .channels import inference_codes
     from .contract import StateSpec
     from .train.unet_config import alignment, receptive_field
 
@@ -224,7 +225,7 @@ def _contract_from_config(model: Any, config: TrainConfig, window: bool) -> Mode
         temporal=temporal,
         time_steps=cfg.time_steps,
         states=states,
-        input_channels=config.channel_codes,
+        input_channels=inference_codes(config.channel_codes),
     )
 
 

@@ -140,7 +140,8 @@ class AnnotatedVideo:
 
     Attributes:
         name: Where it came from (folder, stack or video name), for messages.
-        frames: Raw frames in time order, each (rows, cols), as stored on disk.
+        frames: Raw frames in time order, each (rows, cols) (or (rows, cols, channels)
+            for ``data_channels``), as stored on disk.
         numbers: Frame number of each frame (from the file name, else its position).
         masks: Mask (rows, cols) of the frame at each annotated position.
     """
@@ -564,7 +565,7 @@ class _Sample:
     target: np.ndarray  # uint8 class map
     weights: np.ndarray | None
     foreground: np.ndarray  # flat indices of target > 0
-    stats: Statistics | None = None  # stack statistics, for frames normalized per draw
+    video: AnnotatedVideo | None = None  # the raw frames' video, when deferred
 
 
 def _prepare(
@@ -590,10 +591,9 @@ def _prepare(
     for video in videos:
         clips = {t: [max(t - k, 0) for k in range(time_steps - 1, -1, -1)] for t in video.masks}
         needed = sorted({i for clip in clips.values() for i in clip})
-        if codes:
-            for i in needed:
-                check_raw_shape(video.frames[i].shape, codes, f"{video.name} frame {i}")
-        stats = video_statistics(video, spec, codes) if defer else None
+        if codes:  # every frame: stack statistics may read any of them
+            for number, frame in zip(video.numbers, video.frames, strict=True):
+                check_raw_shape(frame.shape, codes, f"{video.name} frame {number}")
         frames = (
             {i: video.frames[i] for i in needed}
             if defer
@@ -615,7 +615,7 @@ def _prepare(
                     classes,
                     weights,
                     np.flatnonzero(classes).astype(np.int64),
-                    stats,
+                    video if defer else None,
                 )
             )
     if not samples:
@@ -679,6 +679,11 @@ def _planes(clip: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [frame[..., k] for frame in clip for k in range(frame.shape[-1])]
 
 
+#: Batch ``i`` of epoch ``e`` draws its channel codes from the seed ``(seed, e, i,
+#: CHANNEL_DRAWS)``, its patches and augmentation from ``(seed, e, i)``.
+CHANNEL_DRAWS = 1
+
+
 class PatchDataset(_AnnotatedBatches):
     """Random, augmented training patches as a Keras ``PyDataset`` of (x, y) batches.
 
@@ -689,10 +694,11 @@ class PatchDataset(_AnnotatedBatches):
     Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``: the same seed gives
     the same batches, in any order and with any number of workers.
 
-    ``x`` is (batch, rows, cols, 1) float32, or (batch, time_steps, rows, cols, 1) for
-    clips, whose frames are the annotated frame and the ``time_steps - 1`` frames
-    before it (the first frame repeated before the start of the video), all cut at the
-    same place with the same transform. ``y`` is encoded by ``target``.
+    ``x`` is (batch, rows, cols, channels) float32 (one channel, or one per channel
+    code), or (batch, time_steps, rows, cols, channels) for clips, whose frames are the
+    annotated frame and the ``time_steps - 1`` frames before it (the first frame
+    repeated before the start of the video), all cut at the same place with the same
+    transform. ``y`` is encoded by ``target``.
     """
 
     def __init__(
@@ -764,6 +770,7 @@ class PatchDataset(_AnnotatedBatches):
         if steps is not None and steps < 1:
             raise ConfigError(f"steps per epoch must be >= 1, got {steps!r}")
         self.steps = steps or math.ceil(self.frames / self.batch_size)
+        self._stack_stats: dict[tuple[int, tuple[ChannelCode, ...]], Statistics | None] = {}
         #: What looks wrong in the data (see `mask_warnings`), for the run's summary.
         self.warnings: list[str] = []
 
@@ -777,11 +784,14 @@ class PatchDataset(_AnnotatedBatches):
         first = index * self.batch_size
         picks = order.take(range(first, first + self.batch_size), mode="wrap")
         rng = np.random.default_rng((self.seed, self.epoch, index))
+        # The channel draws have their own stream: they do not move with the sampler's
+        # and the augmentation's draws.
+        draws = np.random.default_rng((self.seed, self.epoch, index, CHANNEL_DRAWS))
         images, classes, weights = [], [], []
         for pick in picks:
             sample = self._samples[pick]
             for _ in range(self.patches_per_frame):
-                clip = self._drawn_clip(sample, rng)
+                clip = self._drawn_clip(sample, draws)
                 centre = self.sampler.sample_centre(sample.foreground, sample.target.shape, rng)
                 image, target, weight = augment_patch(
                     clip,
@@ -794,7 +804,7 @@ class PatchDataset(_AnnotatedBatches):
                 )
                 assert target is not None  # a mask went in
                 if self.codes and not self.fixed:
-                    drop = blanked(self.codes, rng)
+                    drop = blanked(self.codes, draws)
                     image.reshape(self.time_steps, self.channels, *image.shape[1:])[:, drop] = 0
                 images.append(image)
                 classes.append(target)
@@ -809,11 +819,22 @@ class PatchDataset(_AnnotatedBatches):
             from ..normalize import normalize_frame
 
             drawn = draw(self.codes, rng)
+            stats = self._stack_statistics(sample, drawn)
             clip = tuple(
-                normalize_frame(select_channels(f, drawn), self.normalization, sample.stats)
-                for f in clip
+                normalize_frame(select_channels(f, drawn), self.normalization, stats) for f in clip
             )
         return _planes(clip)
+
+    def _stack_statistics(
+        self, sample: _Sample, drawn: tuple[ChannelCode, ...]
+    ) -> Statistics | None:
+        """A deferred sample's stack statistics for the channels drawn (computed once per
+        video and draw: a drawn channel is normalized with its own statistics)."""
+        assert sample.video is not None
+        key = (id(sample.video), drawn)
+        if key not in self._stack_stats:
+            self._stack_stats[key] = video_statistics(sample.video, self.normalization, drawn)
+        return self._stack_stats[key]
 
     def on_epoch_end(self) -> None:
         """Move to the next epoch's frame order and patches (unless ``fixed``)."""
