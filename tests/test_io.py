@@ -602,3 +602,15 @@ def test_frames_written_one_call_each_are_one_stack(tmp_path: Path) -> None:
         tw.write(np.zeros((4, 4), np.uint16))
     with open_frames(mixed) as stack:
         assert (len(stack), stack.frame_shape) == (1, (6, 7))
+
+
+@pytest.mark.parametrize("axes", ["YXC", "TYXC"])
+def test_rows_spread_over_pages_are_read_whole(tmp_path: Path, axes: str) -> None:
+    # tifffile writes a (Y, X, C) array with photometric="minisblack" as one page per row.
+    frame = np.arange(5 * 6 * 3, dtype=np.uint16).reshape(5, 6, 3)
+    data = frame if axes == "YXC" else np.stack([frame, frame + 1000])
+    tifffile.imwrite(tmp_path / "rows.tif", data, photometric="minisblack", metadata={"axes": axes})
+    with open_frames(tmp_path / "rows.tif") as source:
+        assert source.frame_shape == (5, 6, 3)
+        frames = [source.read(i) for i in range(len(source))]
+    np.testing.assert_array_equal(np.stack(frames), data.reshape(-1, 5, 6, 3))

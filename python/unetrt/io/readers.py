@@ -283,6 +283,14 @@ class _TiffStack(FrameSource):
 
         self._shape = shape
         self._split = split
+        # A frame's rows (or columns) spread over pages, as tifffile writes a (Y, X, C)
+        # array with photometric="minisblack" and axes "YXC": the page holds (X, C).
+        # Such a frame is read from the whole series and its axes put in order.
+        spread = any(a in "YX" and shape[i] > 1 for i, a in enumerate(axes[:split]))
+        self._spread_axes: tuple[str, tuple[int, ...]] | None = None
+        if spread:
+            order = [axes.index("Y"), axes.index("X"), *chan]
+            self._spread_axes = (axes, tuple(order))
         self._time_axis = time[0] if time else None
         self._page_chan_axis = chan[0] if chan and chan[0] < split else None
         self._page_size = math.prod(keyframe.shape)
@@ -317,6 +325,8 @@ class _TiffStack(FrameSource):
             self._tif.close()
 
     def _read(self, index: int) -> np.ndarray:
+        if self._spread_axes is not None:
+            return self._read_spread(index)
         pos = [0] * self._split
         if self._time_axis is not None:
             pos[self._time_axis] = index
@@ -333,6 +343,19 @@ class _TiffStack(FrameSource):
                 frame = np.moveaxis(frame, 0, -1)
         else:
             frame = np.stack(planes, axis=-1)
+        return np.ascontiguousarray(frame, dtype=self.dtype)
+
+    def _read_spread(self, index: int) -> np.ndarray:
+        assert self._spread_axes is not None
+        axes, order = self._spread_axes
+        with _tifffile_errors() as problems:
+            data = np.asarray(self._series.asarray()).reshape(self._shape)
+        _raise_if_corrupt(Path(self.path), problems)
+        where = [slice(None) if i in order else 0 for i in range(len(axes))]
+        if self._time_axis is not None:
+            where[self._time_axis] = index
+        kept = [i for i in range(len(axes)) if i in order]
+        frame = data[tuple(where)].transpose([kept.index(i) for i in order])
         return np.ascontiguousarray(frame, dtype=self.dtype)
 
     def _read_page(self, page: int, frame: int) -> np.ndarray:
