@@ -22,9 +22,9 @@ from unetrt.errors import ConfigError  # noqa: E402
 from unetrt.train.lrfind import (  # noqa: E402
     DIVERGENCE_FACTOR,
     SMOOTHING,
-    SUGGESTION_DIVISOR,
     LRFinderResult,
     find_lr,
+    valley,
 )
 
 #: A range over which the tiny model learns, then diverges (Adam at 1e3 kills it: its
@@ -70,6 +70,27 @@ def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
+def _valley(losses: list[float]) -> int:
+    """fastai's valley, from the length of the longest decreasing subsequence ending at
+    each point (found here by a search of each point's predecessors)."""
+    length: list[int] = []
+    for i, loss in enumerate(losses):
+        length.append(1 + max((length[j] for j in range(i) if losses[j] > loss), default=0))
+    end = length.index(max(length))  # the first point where the longest run ends
+    start = end - length[end]  # fastai's start (one before the run's first point)
+    third = (end - start) / 3
+    return max(start + int(third) + int(third / 2), 0)
+
+
+def test_valley_on_known_curves() -> None:
+    # Falling all the way (10 points): the run spans 0..9, the suggestion near its middle.
+    assert valley([10.0 - i for i in range(10)]) == _valley([10.0 - i for i in range(10)]) == 3
+    bumpy = [5.0, 4.0, 4.5, 3.0, 3.5, 2.0, 6.0, 1.0, 7.0, 8.0]
+    assert valley(bumpy) == _valley(bumpy)
+    # Rising from the start: no valley, the first rate (the range should start lower).
+    assert valley([1.0, 2.0, 3.0]) == 0
+
+
 def test_the_suggestion_lies_below_the_divergence(config: dict[str, Any]) -> None:
     result = find_lr(config, **DIVERGING)
     assert isinstance(result, LRFinderResult)
@@ -84,10 +105,9 @@ def test_the_suggestion_lies_below_the_divergence(config: dict[str, Any]) -> Non
     # It stopped at the first batch whose smoothed loss passed 4x the minimum so far.
     passed = smoothed > DIVERGENCE_FACTOR * np.minimum.accumulate(smoothed)
     assert list(passed) == [False] * (trained - 1) + [True]
-    # The suggestion is a decade below the smoothed loss's minimum, hence below the divergence.
-    best = int(np.argmin(smoothed))
-    assert result.suggested == pytest.approx(result.rates[best] / SUGGESTION_DIVISOR, rel=1e-12)
-    assert result.suggested < result.rates[best] < result.diverged_at
+    # The suggestion is half-way along the longest decreasing run, so below the divergence.
+    assert result.suggested == result.rates[_valley(list(smoothed))]
+    assert result.suggested < result.rates[int(np.argmin(smoothed))] < result.diverged_at
 
 
 def test_a_range_without_divergence_trains_every_rate_and_writes_only_its_files(
