@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
@@ -25,6 +27,15 @@ GEOMETRY_ONLY = AugmentConfig(
 )
 FLIPS_ONLY = AugmentConfig(p_flip=0.5, p_rot90=0.5, p_affine=0.0, p_intensity=0.0)
 INTENSITY_ONLY = AugmentConfig(p_flip=0.0, p_rot90=0.0, p_affine=0.0, p_intensity=1.0, p_noise=1.0)
+PLAIN = {"p_flip": 0.0, "p_rot90": 0.0, "p_affine": 0.0, "p_intensity": 0.0}
+SHRINK_ONLY = AugmentConfig(**PLAIN, p_shrink=1.0, shrink_range=(0.4, 0.9))
+BARREL_ONLY = AugmentConfig(**PLAIN, p_barrel=1.0, barrel_strength=0.3)
+PINCUSHION_ONLY = AugmentConfig(**PLAIN, p_pincushion=1.0, pincushion_strength=0.15)
+NEW_WITH_THE_REST = dataclasses.replace(
+    GEOMETRY_ONLY, p_shrink=0.7, p_barrel=0.5, barrel_strength=0.3, p_pincushion=0.5,
+    pincushion_strength=0.15,
+)  # fmt: skip
+NEW_TRANSFORMS = [SHRINK_ONLY, BARREL_ONLY, PINCUSHION_ONLY, NEW_WITH_THE_REST]
 
 
 @st.composite
@@ -84,20 +95,50 @@ def test_warps_keep_image_and_mask_aligned_away_from_edges(mask: np.ndarray, see
     np.testing.assert_allclose(weights[interior], (out > 0)[interior], atol=1e-5)
 
 
+@pytest.mark.parametrize("config", NEW_TRANSFORMS, ids=["shrink", "barrel", "pincushion", "all"])
+@settings(max_examples=25, deadline=None)
+@given(mask=masks(), seed=st.integers(0, 2**32 - 1))
+def test_shrink_and_distortions_keep_image_mask_and_weights_aligned(
+    config: AugmentConfig, mask: np.ndarray, seed: int
+) -> None:
+    assume((mask == 0).any())  # a frame with no background has no level to pad with
+    weights = 3 + 2 * (mask > 0).astype(np.float32)  # 3 or 5 in the frame, 1 in padding
+    image, out, out_weights = augment_patch(
+        _image(mask), mask, weights, config=config, rng=np.random.default_rng(seed),
+        shape=(16, 16),
+    )  # fmt: skip
+    assert out is not None and out_weights is not None
+    assert set(np.unique(out)) <= set(np.unique(mask))  # labels stay labels
+    padding = out_weights == 1
+    # the padding's edge hides a label change: interpolation blends in what lies beyond;
+    # 3 pixels, as a shrink (to 0.4) with zoom and barrel squeezes up to 4 source pixels
+    # into one, where the nearest-neighbour mask may skip a corner the image blends in
+    interior = ~_near_an_edge(np.where(padding, 255, out), radius=3)
+    np.testing.assert_array_equal((image > 120)[interior], (out > 0)[interior])
+    expected_weights = np.where(padding, 1.0, 3 + 2 * (out > 0))
+    np.testing.assert_allclose(out_weights[interior], expected_weights[interior], atol=1e-5)
+    assert np.all(out[padding] == 0) and np.all(image[padding] == 20)  # background
+
+
+@pytest.mark.parametrize(
+    ("config", "radius"), [(GEOMETRY_ONLY, 2), (NEW_WITH_THE_REST, 3)], ids=["old", "new"]
+)
 @settings(max_examples=25, deadline=None)
 @given(mask=masks(), seed=st.integers(0, 2**32 - 1), steps=st.integers(2, 4))
 def test_every_frame_of_a_clip_gets_the_same_transform(
-    mask: np.ndarray, seed: int, steps: int
+    config: AugmentConfig, radius: int, mask: np.ndarray, seed: int, steps: int
 ) -> None:
     base = _image(mask)
     clip = [base + 7 * k for k in range(steps)]  # frame k = frame 0 + 7k
-    image, out, _ = augment_patch(
-        clip, mask, config=GEOMETRY_ONLY, rng=np.random.default_rng(seed), shape=(16, 12)
-    )
-    assert image.shape == (steps, 16, 12) and out is not None
+    image, out, weights = augment_patch(
+        clip, mask, np.full(mask.shape, 3, np.float32), config=config,
+        rng=np.random.default_rng(seed), shape=(16, 12),
+    )  # fmt: skip
+    assert image.shape == (steps, 16, 12) and out is not None and weights is not None
     for k in range(steps):
         np.testing.assert_allclose(image[k] - image[0], 7 * k, atol=1e-3)
-    interior = ~_near_an_edge(out)
+    # as in the test above: the edge of a shrunk patch's padding counts as an edge
+    interior = ~_near_an_edge(np.where(weights == 1, 255, out), radius)
     np.testing.assert_array_equal((image[-1] > 127)[interior], (out > 0)[interior])
 
 
@@ -105,7 +146,7 @@ def test_same_seed_same_patch_other_seed_other_patch() -> None:
     rng = np.random.default_rng(1)
     image = rng.random((40, 50)).astype(np.float32)
     mask = (image > 0.5).astype(np.uint8)
-    config = AugmentConfig(p_elastic=1.0, p_noise=1.0)
+    config = AugmentConfig(p_elastic=1.0, p_noise=1.0, p_shrink=0.5, p_barrel=0.5, p_pincushion=0.5)
 
     def run(seed: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         return augment_patch(
@@ -116,6 +157,111 @@ def test_same_seed_same_patch_other_seed_other_patch() -> None:
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])  # type: ignore[arg-type]
     assert not np.array_equal(a[0], c[0])
+
+
+def test_transforms_that_are_off_draw_nothing() -> None:
+    """The rng's next draw and the masks after one patch, recorded before the shrink
+    and the distortions existed: with their probabilities 0 nothing moved."""
+    image = np.random.default_rng(0).random((30, 40)).astype(np.float32)
+    mask = (image > 0.5).astype(np.uint8)
+    recorded = {0: (0.5436249914654229, 135), 1: (0.303194829291645, 132),
+                2: (0.13230635595108264, 133)}  # fmt: skip
+    for seed, (next_draw, foreground) in recorded.items():
+        rng = np.random.default_rng(seed)
+        _, out, _ = augment_patch(
+            image, mask, image, config=AugmentConfig(p_elastic=0.5, p_noise=0.5), rng=rng,
+            shape=(16, 16), centre=(10, 12),
+        )  # fmt: skip
+        assert out is not None and int(out.sum()) == foreground
+        assert rng.random() == next_draw
+
+
+def _blocks(plane: np.ndarray) -> np.ndarray:
+    """Means of the 2x2 blocks of ``plane``: the plane shrunk by one half."""
+    rows, cols = plane.shape
+    return plane.reshape(rows // 2, 2, cols // 2, 2).mean(axis=(1, 3))
+
+
+def test_shrink_by_half_is_the_window_downsampled_at_the_drawn_offset() -> None:
+    config = AugmentConfig(**PLAIN, p_shrink=1.0, shrink_range=(0.5, 0.5))
+    rng = np.random.default_rng(3)
+    frame = rng.random((40, 40)).astype(np.float32)
+    labels = (rng.random((20, 20)) < 0.3).astype(np.uint8) * 2
+    mask = np.kron(labels, np.ones((2, 2), np.uint8))  # constant on the 2x2 blocks
+    weights = rng.random((40, 40)).astype(np.float32) + 2
+    offsets = set()
+    for seed in range(12):
+        geometry = sample_geometry(config, (16, 16), np.random.default_rng(seed))
+        image, out, out_weights = augment_patch(
+            frame, mask, weights, config=config, rng=np.random.default_rng(seed),
+            shape=(16, 16), centre=(20, 20),
+        )  # fmt: skip
+        r, c = geometry.shrink_offset
+        offsets.add((r, c))
+        window = np.s_[12:28, 12:28]  # the 16 x 16 window about (20, 20)
+        shown = np.s_[r : r + 8, c : c + 8]
+        expected_mask = np.zeros((16, 16), np.uint8)
+        expected_mask[shown] = labels[6:14, 6:14]
+        np.testing.assert_array_equal(out, expected_mask)
+        small = _blocks(frame[window])
+        background = np.median(frame[window][mask[window] == 0])
+        expected = np.full((16, 16), background, np.float32)
+        expected[shown] = small
+        np.testing.assert_allclose(image, expected, rtol=1e-6)
+        expected_weights = np.ones((16, 16), np.float32)
+        expected_weights[shown] = _blocks(weights[window])
+        np.testing.assert_allclose(out_weights, expected_weights, rtol=1e-6)
+    assert all(0 <= r <= 8 and 0 <= c <= 8 for r, c in offsets) and len(offsets) > 6
+
+
+def test_shrink_pads_with_the_frame_background_when_the_patch_shows_none() -> None:
+    config = AugmentConfig(**PLAIN, p_shrink=1.0, shrink_range=(0.5, 0.5))
+    mask = np.zeros((40, 40), np.uint8)
+    mask[8:32, 8:32] = 1  # the patch about (20, 20) lies inside this cell
+    frame = np.where(mask > 0, 0.9, 0.25).astype(np.float32)
+    image, out, _ = augment_patch(
+        frame, mask, config=config, rng=np.random.default_rng(0), shape=(16, 16),
+        centre=(20, 20),
+    )  # fmt: skip
+    assert out is not None
+    np.testing.assert_array_equal(image[out == 0], np.float32(0.25))
+    np.testing.assert_array_equal(image[out == 1], np.float32(0.9))
+    assert (out == 0).sum() == 16 * 16 - 8 * 8
+
+
+def test_shrink_factor_one_and_distortion_zero_are_the_plain_crop() -> None:
+    frame = np.random.default_rng(0).random((30, 40)).astype(np.float32)
+    off = AugmentConfig(**PLAIN)
+    plain, _, _ = augment_patch(frame, config=off, rng=np.random.default_rng(0), shape=(12, 16))
+    for config in (
+        AugmentConfig(**PLAIN, p_shrink=1.0, shrink_range=(1.0, 1.0)),
+        AugmentConfig(**PLAIN, p_barrel=1.0, barrel_strength=0.0),
+        AugmentConfig(**PLAIN, p_pincushion=1.0, pincushion_strength=0.0),
+    ):
+        image, _, _ = augment_patch(
+            frame, config=config, rng=np.random.default_rng(0), shape=(12, 16)
+        )
+        np.testing.assert_array_equal(image, plain)
+
+
+@pytest.mark.parametrize("kind", ["barrel", "pincushion"])
+def test_distortion_moves_every_radius_to_the_predicted_one(kind: str) -> None:
+    """The frame holds each pixel's distance from the patch centre, so an output pixel
+    at distance d must read the source distance d (1 + k (d / half-diagonal)^2)."""
+    config = AugmentConfig(**PLAIN, **{f"p_{kind}": 1.0, f"{kind}_strength": 0.3})
+    rows = cols = np.arange(64, dtype=np.float64) - 32
+    frame = np.hypot(rows[:, None], cols[None, :]).astype(np.float32)
+    for seed in range(3):
+        k = sample_geometry(config, (33, 33), np.random.default_rng(seed)).distortion
+        assert (k > 0) == (kind == "barrel") and 0 < abs(k) <= 0.3
+        image, _, _ = augment_patch(
+            frame, config=config, rng=np.random.default_rng(seed), shape=(33, 33),
+            centre=(32, 32),
+        )  # fmt: skip
+        d = frame[16:49, 16:49].astype(np.float64)  # output distance from the patch centre
+        predicted = d * (1 + k * (d / (np.hypot(33, 33) / 2)) ** 2)
+        away = d >= 3  # linear interpolation of the distance is exact to ~1 / (8 d)
+        np.testing.assert_allclose(image[away], predicted[away], atol=0.05)
 
 
 def test_intensity_changes_touch_the_image_only() -> None:
@@ -179,6 +325,14 @@ def test_mismatched_shapes_are_input_errors() -> None:
         ({"rotation_degrees": -5}, "rotation_degrees must be >= 0"),
         ({"elastic_sigma": 0}, "elastic_sigma must be > 0"),
         ({"noise_sdt": 0.1}, "did you mean 'noise_std'"),
+        ({"p_shrink": -0.1}, "p_shrink is a probability in \\[0, 1\\], got -0.1"),
+        ({"p_barrel": "always"}, "p_barrel must be a number, got 'always'"),
+        ({"shrink_range": [0.5, 1.2]}, "shrink_range must satisfy 0 < low <= high <= 1"),
+        ({"shrink_range": [0.9, 0.5]}, "shrink_range must satisfy 0 < low <= high"),
+        ({"shrink_range": [0, 0.5]}, "shrink_range must satisfy 0 < low <= high"),
+        ({"barrel_strength": -0.1}, "barrel_strength must be >= 0, got -0.1"),
+        ({"pincushion_strength": 0.4}, "pincushion_strength must be in \\[0, 1/3\\)"),
+        ({"p_pincusion": 0.5}, "did you mean 'p_pincushion'"),
         ("yes", "augmentation must be a JSON object or true/false"),
     ],
 )
@@ -190,6 +344,8 @@ def test_bad_augmentation_settings_are_named(data: object, match: str) -> None:
 def test_augmentation_from_json_forms() -> None:
     assert AugmentConfig.from_dict(True) == AugmentConfig()
     assert AugmentConfig.from_dict(False) == AugmentConfig.off()
-    config = AugmentConfig.from_dict({"zoom_range": [0.5, 2.0], "p_elastic": 1})
-    assert config.zoom_range == (0.5, 2.0)
+    config = AugmentConfig.from_dict(
+        {"zoom_range": [0.5, 2.0], "p_elastic": 1, "p_shrink": 0.2, "shrink_range": [0.6, 0.8]}
+    )
+    assert config.zoom_range == (0.5, 2.0) and config.shrink_range == (0.6, 0.8)
     assert AugmentConfig.from_dict(config.to_dict()) == config

@@ -1,16 +1,19 @@
 """Paired augmentation of training patches.
 
 A patch is cut from a frame and warped in one resampling step: the geometric
-transform (rotation, shear, zoom, elastic deformation) maps every output pixel to a
+transform (rotation, shear, zoom, elastic deformation, barrel or pincushion
+distortion, shrinking) maps every output pixel to a
 point of the *whole frame*, so rotated or zoomed patches see real image context
 instead of padding; only points that fall outside the frame are mirrored (numpy's
-``mode="reflect"``, as the inference tiler pads). Flips and 90-degree turns are then
+``mode="reflect"``, as the inference tiler pads). A shrunk patch shows its whole
+window, scaled down, inside padding. Flips and 90-degree turns are then
 applied exactly with NumPy. The same geometry is applied to the image (linear
 interpolation), the mask (nearest neighbour, so labels stay labels), the weight map
 (linear) and every frame of a clip; intensity changes touch the image only.
 
 Everything is drawn from the ``numpy.random.Generator`` passed in, so a seed fixes
-the result.
+the result. The shrink and the barrel and pincushion distortions draw nothing while
+their probability is 0, so recipes written before they existed get the same patches.
 """
 
 from __future__ import annotations
@@ -27,8 +30,14 @@ from scipy import ndimage
 
 from ..errors import ConfigError, InputError
 
-_PROBABILITIES = ("p_flip", "p_rot90", "p_affine", "p_elastic", "p_intensity", "p_noise")
-_RANGES = ("zoom_range", "contrast_range", "gamma_range")
+_PROBABILITIES = (
+    "p_flip", "p_rot90", "p_affine", "p_elastic", "p_intensity", "p_noise",
+    "p_shrink", "p_barrel", "p_pincushion",
+)  # fmt: skip
+_RANGES = ("zoom_range", "contrast_range", "gamma_range", "shrink_range")
+#: Beyond this strength r' = r (1 - k r^2) stops growing with r inside the patch (at
+#: r = 1/sqrt(3k)), so a pincushion would fold the corners back over the patch.
+_PINCUSHION_LIMIT = 1.0 / 3.0
 
 
 def _is_number(value: object) -> bool:
@@ -56,6 +65,15 @@ class AugmentConfig:
         gamma_range: Gamma exponent (on the patch's own min..max range) in [lo, hi].
         p_noise: Probability of adding Gaussian noise.
         noise_std: Noise standard deviation drawn uniformly in [0, noise_std].
+        p_shrink: Probability of shrinking the patch: its whole window is scaled
+            down and placed at a random position inside padding (see `Geometry`).
+        shrink_range: Shrink factor drawn uniformly in [lo, hi], 0 < lo <= hi <= 1.
+        p_barrel: Probability of a barrel distortion.
+        barrel_strength: Barrel coefficient k drawn uniformly in [0, strength].
+        p_pincushion: Probability of a pincushion distortion (drawn independently of
+            the barrel; when both are drawn their coefficients add).
+        pincushion_strength: Pincushion coefficient drawn uniformly in
+            [0, strength], strength < 1/3.
     """
 
     p_flip: float = 0.5
@@ -73,6 +91,12 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.8, 1.25)
     p_noise: float = 0.0
     noise_std: float = 0.03
+    p_shrink: float = 0.0
+    shrink_range: tuple[float, float] = (0.5, 0.9)
+    p_barrel: float = 0.0
+    barrel_strength: float = 0.2
+    p_pincushion: float = 0.0
+    pincushion_strength: float = 0.2
 
     def __post_init__(self) -> None:
         for name in _RANGES:
@@ -93,7 +117,9 @@ class AugmentConfig:
                 raise ConfigError(
                     f"augmentation {name} is a probability in [0, 1], got {getattr(self, name)!r}"
                 )
-        for name in ("rotation_degrees", "shear_degrees", "brightness", "noise_std"):
+        for name in (
+            "rotation_degrees", "shear_degrees", "brightness", "noise_std", "barrel_strength"
+        ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ConfigError(f"augmentation {name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.shear_degrees < 60:
@@ -109,6 +135,16 @@ class AugmentConfig:
                 raise ConfigError(
                     f"augmentation {name} must satisfy 0 < low <= high, got {[lo, hi]!r}"
                 )
+        if self.shrink_range[1] > 1:
+            raise ConfigError(
+                "augmentation shrink_range must satisfy 0 < low <= high <= 1 (a factor above"
+                f" 1 would magnify; that is zoom_range), got {list(self.shrink_range)!r}"
+            )
+        if not 0 <= self.pincushion_strength < _PINCUSHION_LIMIT:
+            raise ConfigError(
+                "augmentation pincushion_strength must be in [0, 1/3) (a stronger pincushion"
+                f" folds the patch corners over), got {self.pincushion_strength!r}"
+            )
 
     @classmethod
     def off(cls) -> AugmentConfig:
@@ -146,6 +182,16 @@ class AugmentConfig:
 class Geometry:
     """One drawn geometric transform of a patch.
 
+    An output pixel ``p`` (before the 90-degree turn) is traced back to the frame in
+    this order: undo the shrink, ``u = (p - shrink_offset + 1/2) / shrink - 1/2`` (the
+    window's pixel squares, scaled down, tile the patch from ``shrink_offset``); undo
+    the radial distortion about the patch centre, ``d' = d (1 + k r^2)`` with ``d`` the
+    offset of ``u`` from the centre and ``r = |d|`` in units of the half-diagonal
+    ``hypot(rows, cols) / 2``; apply ``matrix``; add the elastic displacement at ``u``.
+    With ``k > 0`` the source grows faster than the output radius (barrel: the edges
+    are squeezed and the patch sees frame context beyond its window); with
+    ``k < 0`` it grows slower (pincushion: the edges are stretched).
+
     Attributes:
         shape: Shape (rows, cols) of the patch before the 90-degree turn.
         matrix: 2x2 map from an output offset (about the patch centre) to a source
@@ -154,6 +200,9 @@ class Geometry:
         flip_rows: Flip upside down.
         flip_cols: Flip left-right.
         quarter_turns: Counter-clockwise 90-degree turns (0..3), applied last.
+        distortion: Radial coefficient k; 0 for none, > 0 barrel, < 0 pincushion.
+        shrink: Shrink factor in (0, 1]; 1 for none.
+        shrink_offset: Top-left pixel (row, col) of the shrunk window in the patch.
     """
 
     shape: tuple[int, int]
@@ -162,21 +211,58 @@ class Geometry:
     flip_rows: bool
     flip_cols: bool
     quarter_turns: int
+    distortion: float = 0.0
+    shrink: float = 1.0
+    shrink_offset: tuple[int, int] = (0, 0)
 
     @property
     def warps(self) -> bool:
         """Whether the patch must be resampled (anything but flips and turns)."""
-        return self.displacement is not None or not np.array_equal(self.matrix, np.eye(2))
+        return (
+            self.displacement is not None
+            or not np.array_equal(self.matrix, np.eye(2))
+            or self.distortion != 0
+            or self.shrink != 1
+        )
+
+    def _window_grid(self) -> np.ndarray:
+        """Window pixel (row, col) that every pre-turn patch pixel shows, (2, rows, cols);
+        outside [-1/2, size - 1/2] in the padding of a shrunk patch."""
+        grid = np.indices(self.shape, dtype=np.float64)
+        if self.shrink != 1:
+            offset = np.asarray(self.shrink_offset, dtype=np.float64)[:, None, None]
+            grid = (grid - offset + 0.5) / self.shrink - 0.5
+        return grid
+
+    def content(self) -> np.ndarray | None:
+        """Which pre-turn patch pixels show the frame, (rows, cols) bool; None if all do
+        (nothing but a shrink leaves padding)."""
+        if self.shrink == 1:
+            return None
+        grid = self._window_grid()
+        size = np.asarray(self.shape, dtype=np.float64)[:, None, None]
+        return np.all((grid >= -0.5) & (grid <= size - 0.5), axis=0)
 
     def source_coordinates(self, origin: tuple[int, int]) -> np.ndarray:
         """Source point (row, col) of every pre-turn patch pixel, shape (2, rows, cols)."""
         rows, cols = self.shape
         centre = np.array([(rows - 1) / 2.0, (cols - 1) / 2.0])
-        grid = np.indices(self.shape, dtype=np.float64)
+        grid = self._window_grid()
         offsets = grid - centre[:, None, None]
+        if self.distortion != 0:
+            r2 = np.sum(offsets**2, axis=0) / (math.hypot(rows, cols) / 2.0) ** 2
+            offsets = offsets * (1.0 + self.distortion * r2)
         coords = np.einsum("ij,jhw->ihw", self.matrix, offsets)
         coords += (np.asarray(origin, dtype=np.float64) + centre)[:, None, None]
-        if self.displacement is not None:
+        if self.displacement is not None and self.shrink != 1:
+            # the field lives on the window's pixels: read it where the shrink sends p
+            coords += np.stack(
+                [
+                    ndimage.map_coordinates(d, grid, order=1, mode="nearest")
+                    for d in self.displacement
+                ]
+            )
+        elif self.displacement is not None:
             coords += self.displacement
         return coords
 
@@ -216,7 +302,28 @@ def sample_geometry(
             peak = float(np.abs(smooth).max())
             field[axis] = smooth * (config.elastic_alpha / peak) if peak > 0 else 0.0
         displacement = field
-    return Geometry(pre_shape, matrix, displacement, flip_rows, flip_cols, turns)
+    distortion = 0.0
+    if _happens(config.p_barrel, rng):
+        distortion += rng.uniform(0.0, config.barrel_strength)
+    if _happens(config.p_pincushion, rng):
+        distortion -= rng.uniform(0.0, config.pincushion_strength)
+    shrink, shrink_offset = 1.0, (0, 0)
+    if _happens(config.p_shrink, rng):
+        # at least one pixel of the window stays in view
+        shrink = max(rng.uniform(*config.shrink_range), 1.0 / min(pre_shape))
+        # integer offsets so that the window's pixel squares stay on the patch's grid
+        room = [math.floor(size * (1.0 - shrink) + 1e-9) for size in pre_shape]
+        shrink_offset = (int(rng.integers(room[0] + 1)), int(rng.integers(room[1] + 1)))
+    return Geometry(
+        pre_shape, matrix, displacement, flip_rows, flip_cols, turns,
+        distortion, shrink, shrink_offset,
+    )  # fmt: skip
+
+
+def _happens(probability: float, rng: np.random.Generator) -> bool:
+    """Whether a later-added transform happens: one draw, none while it is off, so that
+    the draws of the older transforms (and of the next patch) stay where they were."""
+    return probability > 0 and bool(rng.random() < probability)
 
 
 def _window_origin(
@@ -239,6 +346,27 @@ def _cut(plane: np.ndarray, geometry: Geometry, origin: tuple[int, int], order: 
     coords = geometry.source_coordinates(origin)
     # scipy's "mirror" is numpy's "reflect": mirror about the edge pixel, no repeat
     return ndimage.map_coordinates(plane, coords, order=order, mode="mirror")
+
+
+def _background_levels(
+    planes: Sequence[np.ndarray], mask: np.ndarray | None, window: tuple[slice, slice]
+) -> list[float]:
+    """Each frame plane's background level, with which a shrunk image is padded.
+
+    The median of the window's frame pixels that the mask calls background (0), else
+    (a window inside a cell) of the whole frame's, else (no mask, or no background
+    anywhere) of the window's pixels. Frame pixels, not resampled ones: interpolation
+    brightens the background next to cells. That level suits every normalization:
+    zero would be a dark frame the model never sees at inference (``mean`` and
+    ``median`` normalization put the typical intensity at 0.5), and a reflection would
+    show cells where the mask says background.
+    """
+    inside = [plane[window] for plane in planes]
+    candidates = [(inside, np.ones(inside[0].shape, bool))]
+    if mask is not None:
+        candidates[:0] = [(inside, mask[window] == 0), (list(planes), mask == 0)]
+    source, where = next((s, w) for s, w in candidates if w.any())
+    return [float(np.median(plane[where])) for plane in source]
 
 
 def _orient(patch: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -327,9 +455,20 @@ def augment_patch(
     geometry = sample_geometry(config, out_shape, rng)
     origin = _window_origin(frame_shape, geometry.shape, centre)
     cut = np.stack([_cut(p, geometry, origin, order=1) for p in planes])
+    mask_cut = None if mask is None else _cut(mask, geometry, origin, order=0)
+    weights_cut = None if weights is None else _cut(weights, geometry, origin, order=1)
+    content = geometry.content()
+    if content is not None:  # padding: background, with the neutral loss weight
+        rows, cols = geometry.shape
+        window = (slice(origin[0], origin[0] + rows), slice(origin[1], origin[1] + cols))
+        cut[:, ~content] = np.array(_background_levels(planes, mask, window))[:, None]
+        if mask_cut is not None:
+            mask_cut[~content] = 0
+        if weights_cut is not None:
+            weights_cut[~content] = 1.0
     is_clip = not (isinstance(image, np.ndarray) and image.ndim == 2)
     image_out = _orient(cut if is_clip else cut[0], geometry)
     image_out = adjust_intensity(image_out, config, rng)
-    mask_out = None if mask is None else _orient(_cut(mask, geometry, origin, 0), geometry)
-    weights_out = None if weights is None else _orient(_cut(weights, geometry, origin, 1), geometry)
+    mask_out = None if mask_cut is None else _orient(mask_cut, geometry)
+    weights_out = None if weights_cut is None else _orient(weights_cut, geometry)
     return image_out, mask_out, weights_out
