@@ -53,7 +53,7 @@ def _argmax(seed: int = 0) -> Case:
 
     def run(threads: int) -> np.ndarray:
         out = np.empty(prob.shape[:2], np.uint8)
-        _core.argmax_mask(prob, out, threads)
+        _core.class_mask(prob, False, 0.5, out, threads)
         return out
 
     return run, np.argmax(prob, axis=-1).astype(np.uint8)

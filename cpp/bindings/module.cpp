@@ -14,8 +14,13 @@
 #include "unetrt/info.hpp"
 #include "unetrt/mask.hpp"
 #include "unetrt/parallel.hpp"
+#include "unetrt/states.hpp"
 #include "unetrt/stitch.hpp"
 #include "unetrt/tiling.hpp"
+
+#ifdef UNETRT_WITH_CUDA
+#include "unetrt/cuda/runtime.hpp"
+#endif
 
 namespace py = pybind11;
 using unetrt::Layout;
@@ -105,7 +110,19 @@ unetrt::TileBatch tile_batch(const py::array& outputs, py::ssize_t n, Layout lay
                            layout};
 }
 
+// A state map of shape (rows, cols, K) or (K, rows, cols) as a StateMap.
+unetrt::StateMap state_map(const py::array& map, int64_t stride, Layout layout) {
+  require(map.ndim() == 3, "state map must be 3-D");
+  const bool nhwc = layout == Layout::kNHWC;
+  return unetrt::StateMap{map.shape(nhwc ? 0 : 1), map.shape(nhwc ? 1 : 2),
+                          map.shape(nhwc ? 2 : 0), stride, layout};
+}
+
 }  // namespace
+
+#ifdef UNETRT_WITH_CUDA
+void bind_cuda(py::module_& m);  // cpp/bindings/cuda.cpp
+#endif
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "unetrt C++ core: tile planning, normalization, stitching, masks";
@@ -122,10 +139,11 @@ PYBIND11_MODULE(_core, m) {
     info["version"] = UNETRT_VERSION;
 #ifdef UNETRT_WITH_CUDA
     info["cuda"] = true;
+    info["cuda_devices"] = unetrt::cuda::device_count();
 #else
     info["cuda"] = false;
-#endif
     info["cuda_devices"] = 0;
+#endif
     info["compiler"] = unetrt::compiler();
     info["hardware_threads"] = unetrt::hardware_threads();
     return info;
@@ -261,8 +279,54 @@ PYBIND11_MODULE(_core, m) {
       "out = 255 where prob > threshold else 0 (uint8).");
 
   m.def(
-      "argmax_mask",
-      [](const py::array& prob, py::array& out, int threads) {
+      "cut_states",
+      [](const py::array& map, const py::array& tiles, int64_t stride, int64_t tile_h,
+         int64_t tile_w, const std::string& layout, py::array& out, int threads) {
+        const Tile* rows = tile_rows(tiles);
+        const Layout lay = parse_layout(layout);
+        const unetrt::StateMap shape = state_map(map, stride, lay);
+        const float* src = input<float>(map, "map");
+        float* dst = output<float>(out, "out");
+        require(stride >= 1 && tile_h % stride == 0 && tile_w % stride == 0,
+                "tile size must be a multiple of the stride");
+        require(shape_of(out) == batch_shape(tiles.shape(0), tile_h / stride, tile_w / stride,
+                                             shape.channels, lay),
+                "out must hold one state window per tile");
+        py::gil_scoped_release release;
+        unetrt::cut_states(src, shape, rows, tiles.shape(0), tile_h, tile_w, dst, threads);
+      },
+      py::arg("map"), py::arg("tiles"), py::arg("stride"), py::arg("tile_h"), py::arg("tile_w"),
+      py::arg("layout"), py::arg("out"), py::arg("threads"),
+      "Cut each tile's state window from a state map into out.");
+
+  m.def(
+      "stitch_states",
+      [](const py::array& states, const py::array& tiles, int64_t stride, int64_t tile_h,
+         int64_t tile_w, int64_t height, int64_t width, int64_t padded_h, int64_t padded_w,
+         const std::string& layout, py::array& map, int threads) {
+        const Tile* rows = tile_rows(tiles);
+        const Layout lay = parse_layout(layout);
+        const unetrt::StateMap shape = state_map(map, stride, lay);
+        const float* src = input<float>(states, "states");
+        float* dst = output<float>(map, "map");
+        require(stride >= 1 && tile_h % stride == 0 && tile_w % stride == 0,
+                "tile size must be a multiple of the stride");
+        require(shape_of(states) == batch_shape(tiles.shape(0), tile_h / stride,
+                                                tile_w / stride, shape.channels, lay),
+                "states must hold one state window per tile");
+        py::gil_scoped_release release;
+        unetrt::stitch_states(src, shape, rows, tiles.shape(0), tile_h, tile_w, height, width,
+                              padded_h, padded_w, dst, threads);
+      },
+      py::arg("states"), py::arg("tiles"), py::arg("stride"), py::arg("tile_h"),
+      py::arg("tile_w"), py::arg("height"), py::arg("width"), py::arg("padded_h"),
+      py::arg("padded_w"), py::arg("layout"), py::arg("map"), py::arg("threads"),
+      "Copy each tile's state core into a state map.");
+
+  m.def(
+      "class_mask",
+      [](const py::array& prob, bool independent, float threshold, py::array& out,
+         int threads) {
         const float* p = input<float>(prob, "prob");
         uint8_t* o = output<uint8_t>(out, "out");
         require(prob.ndim() >= 1, "prob must have a class axis");
@@ -270,8 +334,15 @@ PYBIND11_MODULE(_core, m) {
         require(shape_of(out) == std::vector<py::ssize_t>(shape.begin(), shape.end() - 1),
                 "out must have the shape of prob without its last (class) axis");
         py::gil_scoped_release release;
-        unetrt::argmax_mask(p, out.size(), shape.back(), o, threads);
+        unetrt::class_mask(p, out.size(), shape.back(), independent, threshold, o, threads);
       },
-      py::arg("prob"), py::arg("out"), py::arg("threads"),
-      "out = index of the largest class value per pixel (uint8).");
+      py::arg("prob"), py::arg("independent"), py::arg("threshold"), py::arg("out"),
+      py::arg("threads"),
+      "out = the class of each pixel (uint8): argmax, or for independent sigmoid "
+      "channels 1 + argmax where it passes the threshold, else 0.");
+
+#ifdef UNETRT_WITH_CUDA
+  py::module_ cuda = m.def_submodule("cuda", "CUDA buffers, streams, events and kernels");
+  bind_cuda(cuda);
+#endif
 }

@@ -5,6 +5,7 @@
 
 #include "unetrt/check.hpp"
 #include "unetrt/parallel.hpp"
+#include "unetrt/pixel.hpp"
 
 namespace unetrt {
 namespace {
@@ -13,11 +14,7 @@ namespace {
 /// writes to the float output leave an Affine in memory untouched.
 struct Map {
   float scale, offset, lo, hi;
-  float operator()(float x) const {
-    const float y = x * scale + offset;
-    // Written so NaN passes through, as in numpy.clip.
-    return y < lo ? lo : (y > hi ? hi : y);
-  }
+  float operator()(float x) const { return pixel::affine(x, scale, offset, lo, hi); }
 };
 
 /// A contiguous run of in-frame values: the loop the compiler vectorizes.
@@ -43,8 +40,8 @@ void extract_typed(const FrameView& frame, const Tile* tiles, int64_t n_tiles, i
     end_x = std::max(end_x, tiles[t].win_x + tile_w);
   }
   std::vector<int64_t> ymap(end_y), xmap(end_x);
-  for (int64_t y = 0; y < end_y; ++y) ymap[y] = reflect_index(y, H);
-  for (int64_t x = 0; x < end_x; ++x) xmap[x] = reflect_index(x, W);
+  for (int64_t y = 0; y < end_y; ++y) ymap[y] = pixel::reflect(y, H);
+  for (int64_t x = 0; x < end_x; ++x) xmap[x] = pixel::reflect(x, W);
 
   const bool channels_last = layout == Layout::kNHWC || C == 1;
   parallel_for(n_tiles * tile_h, tile_w * C, threads, [&](int64_t begin, int64_t end) {
@@ -74,14 +71,6 @@ void extract_typed(const FrameView& frame, const Tile* tiles, int64_t n_tiles, i
 }
 
 }  // namespace
-
-int64_t reflect_index(int64_t i, int64_t extent) {
-  if (i < extent) return i;
-  if (extent == 1) return 0;
-  const int64_t period = 2 * (extent - 1);
-  const int64_t m = i % period;
-  return m < extent ? m : period - m;
-}
 
 void extract_tiles(const FrameView& frame, const Tile* tiles, int64_t n_tiles, int64_t tile_h,
                    int64_t tile_w, const Affine& affine, Layout layout, float* out,

@@ -2,6 +2,7 @@
 
 #include "unetrt/check.hpp"
 #include "unetrt/parallel.hpp"
+#include "unetrt/pixel.hpp"
 
 namespace unetrt {
 
@@ -13,22 +14,18 @@ void threshold_mask(const float* prob, int64_t size, float threshold, uint8_t* o
     // otherwise force a reload of every operand per pixel and block vectorization.
     const float* __restrict p = prob;
     uint8_t* __restrict o = out;
-    for (int64_t i = i0; i < i1; ++i) o[i] = p[i] > threshold ? 255 : 0;
+    for (int64_t i = i0; i < i1; ++i) o[i] = pixel::threshold(p[i], threshold);
   });
 }
 
-void argmax_mask(const float* prob, int64_t pixels, int64_t classes, uint8_t* out,
-                 int threads) {
+void class_mask(const float* prob, int64_t pixels, int64_t classes, bool independent,
+                float threshold, uint8_t* out, int threads) {
   UNETRT_CHECK(pixels >= 0, "pixels must be >= 0");
-  UNETRT_CHECK(classes >= 1 && classes <= 256, "a uint8 mask holds at most 256 classes");
+  UNETRT_CHECK(classes >= 1 && classes <= (independent ? 255 : 256),
+               "a uint8 mask holds at most 256 classes");
   parallel_for(pixels, classes, threads, [=](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const float* v = prob + p * classes;
-      int64_t best = 0;
-      for (int64_t k = 1; k < classes; ++k)
-        if (v[k] > v[best]) best = k;
-      out[p] = static_cast<uint8_t>(best);
-    }
+    for (int64_t p = p0; p < p1; ++p)
+      out[p] = pixel::class_mask(prob + p * classes, classes, 1, independent, threshold);
   });
 }
 

@@ -7,6 +7,7 @@
 
 #include "unetrt/check.hpp"
 #include "unetrt/parallel.hpp"
+#include "unetrt/pixel.hpp"
 
 namespace unetrt {
 namespace {
@@ -31,14 +32,16 @@ struct TileIndex {
   }
 };
 
-// dst[c * dst_stride] += w[c] * src[c * src_stride]; the unit-stride case (one
-// channel, or channels-first input) is a separate loop so it vectorizes.
+// dst[c * dst_stride] += w[c] * src[c * src_stride] (`pixel::blend_add`); the
+// unit-stride case (one channel, or channels-first input) is a separate loop so it
+// vectorizes.
 inline void weighted_add(float* __restrict dst, int64_t dst_stride, const float* __restrict w,
                          const float* __restrict src, int64_t src_stride, int64_t n) {
   if (dst_stride == 1 && src_stride == 1) {
-    for (int64_t c = 0; c < n; ++c) dst[c] += w[c] * src[c];
+    for (int64_t c = 0; c < n; ++c) dst[c] = pixel::blend_add(dst[c], w[c], src[c]);
   } else {
-    for (int64_t c = 0; c < n; ++c) dst[c * dst_stride] += w[c] * src[c * src_stride];
+    for (int64_t c = 0; c < n; ++c)
+      dst[c * dst_stride] = pixel::blend_add(dst[c * dst_stride], w[c], src[c * src_stride]);
   }
 }
 

@@ -64,13 +64,23 @@ def to_mask(
         several sigmoid channels, 1 + the most probable channel where it passes the
         threshold, else 0; uint16 instance labels when post-processing labels.
     """
+    mask = mask_of(probabilities, contract, threads=threads)
+    return postprocess_mask(mask, postprocess)
+
+
+def mask_of(probabilities: np.ndarray, contract: ModelContract, *, threads: int = 0) -> np.ndarray:
+    """The mask rule of `to_mask` without post-processing (what a GPU executor computes
+    on the device: the same per-pixel rule, ``pixel::class_mask`` in the C++ core)."""
     if probabilities.ndim == 2:
-        mask = threshold_mask(probabilities, contract.threshold, threads=threads)
-    else:
-        mask = argmax_mask(probabilities, threads=threads)
-        if contract.output == "sigmoid":  # independent channels, no background
-            passed = probabilities.max(axis=-1) > contract.threshold
-            mask = np.where(passed, mask + 1, 0).astype(np.uint8)
+        return threshold_mask(probabilities, contract.threshold, threads=threads)
+    independent = contract.output == "sigmoid"  # independent channels, no background
+    return argmax_mask(
+        probabilities, threads=threads, independent=independent, threshold=contract.threshold
+    )
+
+
+def postprocess_mask(mask: np.ndarray, postprocess: PostProcess | None) -> np.ndarray:
+    """The post-processing step of `to_mask` (none when ``postprocess`` is None or idle)."""
     return postprocess.apply(mask) if postprocess is not None and postprocess.active else mask
 
 
@@ -97,24 +107,34 @@ def threshold_mask(
     return out
 
 
-def argmax_mask(prob: np.ndarray, *, out: np.ndarray | None = None, threads: int = 0) -> np.ndarray:
+def argmax_mask(
+    prob: np.ndarray,
+    *,
+    out: np.ndarray | None = None,
+    threads: int = 0,
+    independent: bool = False,
+    threshold: float = 0.5,
+) -> np.ndarray:
     """Class-index mask of per-class scores.
 
     Args:
         prob: float32 (H, W, K) scores or probabilities, K <= 256 classes.
         out: uint8 (H, W) buffer; allocated when None.
         threads: Threads to use, 0 for all.
+        independent: The K channels are independent sigmoids (K <= 255): a pixel gets
+            1 + its most probable channel where that passes ``threshold``, else 0.
+        threshold: See ``independent``.
 
     Returns:
         uint8 (H, W): the index of the largest class value per pixel (the first one
         on ties, like ``numpy.argmax``; pixels with NaN scores get an unspecified class).
     """
     prob = np.ascontiguousarray(prob, dtype=np.float32)
-    if prob.ndim < 1 or not 1 <= prob.shape[-1] <= 256:
+    if prob.ndim < 1 or not 1 <= prob.shape[-1] <= (255 if independent else 256):
         raise ValueError(f"prob must end with a class axis of 1 to 256 classes, got {prob.shape}")
     if out is None:
         out = np.empty(prob.shape[:-1], np.uint8)
     else:
         check_buffer(out, prob.shape[:-1], np.uint8)
-    _core.argmax_mask(prob, out, threads)
+    _core.class_mask(prob, bool(independent), float(threshold), out, threads)
     return out

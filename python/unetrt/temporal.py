@@ -414,11 +414,16 @@ class StatefulExecutor(CpuExecutor):
                     shape[axis] = extent // s.stride
                 shape[channel_axis(layout)] = s.channels
                 buffer = buffers.states[s.input] = np.zeros(shape, np.float32)
-            source = maps.current[s.input]
-            hs, ws = plan.tile_h // s.stride, plan.tile_w // s.stride
-            for k, row in enumerate(plan.tiles[tiles]):
-                y, x = int(row[0]) // s.stride, int(row[1]) // s.stride
-                buffer[k] = source[_window(layout, slice(y, y + hs), slice(x, x + ws))]
+            n = tiles.stop - tiles.start
+            tiling.cut_states(
+                maps.current[s.input],
+                plan,
+                tiles,
+                s.stride,
+                buffer[:n],
+                layout,
+                threads=self.config.threads,
+            )
             out[s.input] = buffer[:rows]
         return out
 
@@ -430,17 +435,14 @@ class StatefulExecutor(CpuExecutor):
         tiles: slice,
     ) -> None:
         """Each tile's state core into the next maps (see the module docstring)."""
-        layout = maps.layout
+        n = tiles.stop - tiles.start
         for s in self.states:
-            target, values, st = maps.next[s.input], new[s.input], s.stride
-            for k, row in enumerate(plan.tiles[tiles]):
-                wy, wx, y0, y1, x0, x1 = (int(v) for v in row)
-                y1 = plan.padded_h if y1 == plan.height else y1
-                x1 = plan.padded_w if x1 == plan.width else x1
-                ys, xs = slice(y0 // st, y1 // st), slice(x0 // st, x1 // st)
-                local = _window(
-                    layout,
-                    slice(ys.start - wy // st, ys.stop - wy // st),
-                    slice(xs.start - wx // st, xs.stop - wx // st),
-                )
-                target[_window(layout, ys, xs)] = values[k][local]
+            tiling.stitch_states(
+                new[s.input][:n],
+                plan,
+                tiles,
+                s.stride,
+                maps.next[s.input],
+                maps.layout,
+                threads=self.config.threads,
+            )

@@ -349,3 +349,78 @@ def finish_blend(acc: np.ndarray, weight_sum: np.ndarray, *, threads: int = 0) -
         raise ValueError(f"weight_sum must have shape {acc.shape[:2]}, got {weight_sum.shape}")
     _core.finish_blend(acc, weight_sum, threads)
     return acc
+
+
+def cut_states(
+    state_map: np.ndarray,
+    plan: TilePlan,
+    index: TileIndex,
+    stride: int,
+    out: np.ndarray,
+    layout: str = "NHWC",
+    *,
+    threads: int = 0,
+) -> np.ndarray:
+    """Each tile's state window of a step model's whole-frame state map.
+
+    Args:
+        state_map: float32 (Hp / stride, Wp / stride, K) for NHWC or (K, ..) for NCHW.
+        plan: The frame's tile plan.
+        index: Which tiles of the plan.
+        stride: Padded-frame pixels per state cell.
+        out: float32 batch of the windows, (n, tile_h / stride, tile_w / stride, K) or
+            (n, K, ..) in ``layout``.
+        layout: The model's layout.
+        threads: Threads to use, 0 for all.
+
+    Returns:
+        ``out``.
+    """
+    rows = _tile_rows(plan, index)
+    _core.cut_states(state_map, rows, stride, plan.tile_h, plan.tile_w, layout, out, threads)
+    return out
+
+
+def stitch_states(
+    states: np.ndarray,
+    plan: TilePlan,
+    index: TileIndex,
+    stride: int,
+    state_map: np.ndarray,
+    layout: str = "NHWC",
+    *,
+    threads: int = 0,
+) -> np.ndarray:
+    """Each tile's state core (its frame core rounded down to the stride, the last
+    core reaching the padded border) from a batch of state outputs into a state map.
+
+    Args:
+        states: float32 state outputs of the tiles ``plan.tiles[index]``, shaped as
+            `cut_states` writes them.
+        plan: The frame's tile plan.
+        index: Which tiles of the plan.
+        stride: Padded-frame pixels per state cell.
+        state_map: The map to write into, shaped as `cut_states` reads it.
+        layout: The model's layout.
+        threads: Threads to use, 0 for all.
+
+    Returns:
+        ``state_map``.
+    """
+    rows = _tile_rows(plan, index)
+    values = np.ascontiguousarray(states, dtype=np.float32)
+    _core.stitch_states(
+        values,
+        rows,
+        stride,
+        plan.tile_h,
+        plan.tile_w,
+        plan.height,
+        plan.width,
+        plan.padded_h,
+        plan.padded_w,
+        layout,
+        state_map,
+        threads,
+    )
+    return state_map

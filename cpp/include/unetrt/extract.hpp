@@ -10,15 +10,10 @@
 
 namespace unetrt {
 
-/// Maps a padded-frame coordinate (>= 0) to the frame like NumPy's
-/// pad(mode="reflect"): mirror without repeating the edge, period 2 * (extent - 1);
-/// an extent of 1 maps everything to 0.
-int64_t reflect_index(int64_t i, int64_t extent);
-
 /// Writes tiles[0..n_tiles) of `frame`, each tile_h x tile_w, normalized by
 /// `affine`, into `out`: float32 of shape (n, tile_h, tile_w, C) for NHWC or
 /// (n, C, tile_h, tile_w) for NCHW. Rows/columns past the frame are read
-/// reflected. Uses up to `threads` threads (0 = all hardware threads).
+/// reflected (`pixel::reflect`). Uses up to `threads` threads (0 = all hardware threads).
 void extract_tiles(const FrameView& frame, const Tile* tiles, int64_t n_tiles, int64_t tile_h,
                    int64_t tile_w, const Affine& affine, Layout layout, float* out,
                    int threads);
