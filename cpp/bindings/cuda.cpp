@@ -184,6 +184,12 @@ void bind_cuda(py::module_& m) {
       arg("prob"), arg("pixels"), arg("channels"), arg("independent"), arg("threshold"),
       arg("out"), arg("stream"), nogil);
   m.def(
+      "count_nonfinite",
+      [](std::uintptr_t data, int64_t items, std::uintptr_t count, const cu::Stream& stream) {
+        cu::count_nonfinite(ptr<const float>(data), items, ptr<unsigned int>(count), stream);
+      },
+      arg("data"), arg("items"), arg("count"), arg("stream"), nogil);
+  m.def(
       "cut_states",
       [](std::uintptr_t map, int64_t rows, int64_t cols, int64_t channels, int64_t stride,
          const std::string& layout, std::uintptr_t tiles, int64_t n, int64_t tile_h,

@@ -19,6 +19,7 @@ from .backends import BACKENDS, PRECISIONS
 from .errors import ConfigError, UnetrtError, require
 from .io.writer import FORMATS
 from .normalize import METHODS, SCOPES
+from .tensorrt_build import DEFAULT_TILE, OPT_LEVELS
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -49,12 +50,16 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
         "the model contract in its metadata) and check ONNX Runtime against Keras.",
     ),
     "build-engine": (
-        "build a model for a CPU engine: OpenVINO (fp32, bf16, int8) or ONNX Runtime (int8)",
+        "build a model for an engine: TensorRT on an NVIDIA GPU (fp32, fp16, bf16, int8), "
+        "OpenVINO (fp32, bf16, int8) or ONNX Runtime (int8) on the CPU",
         "Build MODEL (an ONNX file or a built-in name) for one backend and precision and "
         "write it with its contract, so that 'unetrt segment --model OUT' runs it without "
         "flags. int8 is calibrated on your own frames (--calibration STACK); with "
         "calibration frames the build reports what the precision costs against float32 "
-        "and refuses a model whose masks drop too far (unless --force).",
+        "and refuses a model whose masks drop too far (unless --force). A TensorRT engine "
+        "runs on the GPU and TensorRT version it was built with (see --version-compatible "
+        "and --hardware-compatible), for the batch (--max-batch) and tile sizes (--tile) "
+        "it was built for.",
     ),
     "evaluate": (
         "segment annotated frames and report Dice, IoU and pixel difference",
@@ -356,6 +361,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_build_engine(args: argparse.Namespace) -> int:
     from .engines import build_engine
+    from .tensorrt_build import TensorRTOptions
 
     precision = args.precision or ("int8" if args.int8 else "fp32")
     if args.int8 and precision != "int8":
@@ -370,6 +376,14 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
         method=args.calibrate,
         max_dice_drop=args.max_dice_drop,
         force=args.force,
+        tensorrt=TensorRTOptions(
+            max_batch=args.max_batch,
+            workspace=args.workspace,
+            opt_level=args.opt_level,
+            timing_cache=args.timing_cache,
+            version_compatible=args.version_compatible,
+            hardware_compatible=args.hardware_compatible,
+        ),
         device=args.device,
         tile=args.tile,
         threads=args.threads,
@@ -588,21 +602,29 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument(
         "-o",
         "--output",
-        help="file to write: OUT.onnx (onnxruntime) or OUT.xml (openvino, with OUT.bin); "
-        "default <model>.<backend>-<precision>.onnx|xml here",
+        help="file to write: OUT.engine or OUT.plan (tensorrt), OUT.onnx (onnxruntime) or "
+        "OUT.xml (openvino, with OUT.bin); default <model>.<backend>-<precision>.engine|onnx|xml "
+        "here",
     )
     be.add_argument(
         "--backend",
         default="auto",
         choices=("auto", "onnxruntime", "openvino", "tensorrt"),
-        help="engine to build for (default auto: openvino where unetrt[openvino] is "
+        help="engine to build for (default auto: tensorrt where TensorRT is installed and a "
+        "GPU is visible, or with --device cuda:N; else openvino where unetrt[openvino] is "
         "installed, else onnxruntime)",
     )
-    be.add_argument("--device", default="cpu", help="cpu (default)")
+    be.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), or cuda:N: the GPU a TensorRT engine is built for (tensorrt "
+        "with cpu: cuda:0)",
+    )
     be.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "int8"),
-        help="fp32 (default), bf16 (openvino, processors with bfloat16 instructions), int8",
+        choices=PRECISIONS,
+        help="fp32 (default), fp16 (tensorrt), bf16 (openvino on processors with bfloat16 "
+        "instructions, tensorrt 10), int8",
     )
     be.add_argument("--int8", action="store_true", help="same as --precision int8")
     be.add_argument(
@@ -622,7 +644,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibrate",
         choices=("minmax", "percentile", "entropy"),
         default="minmax",
-        help="onnxruntime int8: how activation ranges are calibrated (default minmax)",
+        help="int8 by ONNX Runtime's quantization (onnxruntime; tensorrt 11 and later): how "
+        "activation ranges are calibrated (default minmax; TensorRT 10 calibrates with its "
+        "own entropy calibrator)",
     )
     be.add_argument(
         "--max-dice-drop",
@@ -636,11 +660,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="keep the built model even if it fails the check"
     )
     be.add_argument(
-        "--tile", default="auto", help="tiles for calibration and the check (as for segment)"
+        "--tile",
+        default="auto",
+        help="tiles for calibration and the check (as for segment); for tensorrt also the "
+        "largest tile the engine runs and is tuned for, SIZE or HxW rounded up to the "
+        f"model's alignment (default auto: {DEFAULT_TILE}x{DEFAULT_TILE})",
     )
     be.add_argument("--threads", type=int, help="CPU threads (default: all)")
     be.add_argument("--nan", type=float, metavar="VALUE", help="read NaN pixels as VALUE")
     be.add_argument("--threshold", type=float, help="foreground threshold (default: model's)")
+    trt = be.add_argument_group("TensorRT")
+    trt.add_argument(
+        "--max-batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="largest batch of tiles the engine runs and is tuned for (default 1; segment "
+        "with --batch N to use it)",
+    )
+    trt.add_argument(
+        "--workspace",
+        type=int,
+        metavar="MiB",
+        help="limit TensorRT's workspace memory to MiB (default: TensorRT's, the GPU's memory)",
+    )
+    trt.add_argument(
+        "--opt-level",
+        type=int,
+        choices=OPT_LEVELS,
+        metavar="0..5",
+        help="builder optimization level: 0 builds fastest, 5 tunes most (default: TensorRT's, 3)",
+    )
+    trt.add_argument(
+        "--timing-cache",
+        metavar="FILE",
+        help="reuse the kernel timings in FILE and write them back after the build, so "
+        "that later builds on this GPU are faster",
+    )
+    trt.add_argument(
+        "--version-compatible",
+        action="store_true",
+        help="an engine that also runs on later TensorRT releases of the same major version",
+    )
+    trt.add_argument(
+        "--hardware-compatible",
+        action="store_true",
+        help="an engine that runs on any GPU from Ampere on (compute capability 8.0+), "
+        "possibly slower",
+    )
     _add_model_overrides(be)
     be.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 

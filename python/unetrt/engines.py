@@ -12,6 +12,9 @@ What is built, per backend and precision:
   precision recorded, so that ``segment`` runs it that way without flags.
 - ``openvino int8``: the model quantized by NNCF's post-training quantization, calibrated
   on the same frames.
+- ``tensorrt fp32 | fp16 | bf16 | int8``: a serialized TensorRT engine (``.engine``) for
+  this machine's GPU and TensorRT, with one optimization profile for the batch and tile
+  sizes asked for (`unetrt.tensorrt_build`; int8 calibrated on the same frames).
 
 Calibration frames go through the same normalization and tiling as inference: they are
 segmented by the float32 model, and the tensors that reach the backend are recorded and
@@ -22,7 +25,8 @@ and its probabilities with the float32 ones (largest difference). A Dice below
 
 The built model carries the full contract of the float32 model (every field stated, so
 the engine never re-probes a quantized model), with the overrides given here; ONNX
-outputs carry it in their metadata, an IR in the sidecar ``<file>.xml.unetrt.json``.
+outputs carry it in their metadata, an IR or an engine in the sidecar
+``<file>.xml.unetrt.json`` / ``<file>.engine.unetrt.json``.
 Everything is written in a hidden folder beside the output and moved into place only
 when the build is complete and accepted.
 """
@@ -41,8 +45,14 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend, choose_backend
-from .backends.base import ShapeRange
+from .backends import PRECISIONS, Backend, choose_backend
+from .backends.base import ShapeRange, parse_device
+from .backends.tensorrt import (
+    ENGINE_SUFFIXES,
+    check_tensorrt,
+    tensorrt_available,
+    tensorrt_version,
+)
 from .contract import (
     CONTRACT_KEY,
     ENGINE_KEY,
@@ -55,10 +65,13 @@ from .contract import (
 from .errors import ConfigError, InputError, ModelError, OutputError, require
 from .io import open_frames
 from .metrics import dice
-from .segmenter import Segmenter
+from .segmenter import Segmenter, parse_tile
+from .tensorrt_build import TensorRTOptions, build_tensorrt, check_precision, profile_tile
 
 BUILD_BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
-BUILD_PRECISIONS = ("fp32", "bf16", "int8")
+BUILD_PRECISIONS = PRECISIONS
+#: The file suffixes a built model may have, per backend (the first is the default).
+SUFFIXES = {"onnxruntime": (".onnx",), "openvino": (".xml",), "tensorrt": ENGINE_SUFFIXES}
 #: How ONNX Runtime's calibration turns recorded activations into int8 ranges.
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIBRATION_FRAMES = 32
@@ -145,41 +158,58 @@ def build_engine(
     method: str = "minmax",
     max_dice_drop: float = DEFAULT_MAX_DICE_DROP,
     force: bool = False,
+    tensorrt: TensorRTOptions | None = None,
     **options: Any,
 ) -> BuildReport:
     """Build ``model`` for a backend and precision (see the module docstring).
 
     Args:
         model: An ONNX model or a built-in model name; None is the default model.
-        output: The file to write (``.onnx`` for ONNX Runtime, ``.xml`` for OpenVINO);
-            default ``<model stem>.<backend>-<precision>.<suffix>`` in the current folder.
-        backend: ``"auto"`` (OpenVINO when installed, else ONNX Runtime),
-            ``"onnxruntime"`` or ``"openvino"``; ``"tensorrt"`` is not in this build.
-        precision: ``"fp32"``, ``"bf16"`` (OpenVINO) or ``"int8"``.
+        output: The file to write (``.onnx`` for ONNX Runtime, ``.xml`` for OpenVINO,
+            ``.engine`` or ``.plan`` for TensorRT); default
+            ``<model stem>.<backend>-<precision>.<suffix>`` in the current folder.
+        backend: ``"auto"`` (TensorRT where it is installed and a GPU is visible, or
+            when ``device`` is a GPU; else OpenVINO when installed, else ONNX Runtime),
+            ``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``.
+        precision: ``"fp32"``, ``"fp16"`` (TensorRT), ``"bf16"`` (OpenVINO, TensorRT
+            10) or ``"int8"``.
         calibration: Frames (a stack, folder or glob) to calibrate int8 on and to measure
             the accuracy on; needed for int8.
         calibration_frames: At most this many frames are used, evenly spaced (the first
             ones, in order, for a temporal model).
-        method: int8 calibration of ONNX Runtime: ``"minmax"``, ``"percentile"`` or
-            ``"entropy"``.
+        method: int8 calibration of ONNX Runtime (also TensorRT 11's, which quantizes
+            with it): ``"minmax"``, ``"percentile"`` or ``"entropy"``.
         max_dice_drop: Refuse when the mean mask Dice against float32 is below
             ``1 - max_dice_drop``.
         force: Keep the model although the accuracy check failed.
+        tensorrt: How a TensorRT engine is built (batch, workspace, optimization level,
+            timing cache, compatibility); only for ``backend="tensorrt"``.
         **options: `Segmenter` options for the float32 model and the check (``tile``,
             ``halo``, ``normalization``, ``threshold``, ``threads``, ``nan``, ...): the
             contract overrides among them are written into the built model's contract.
+            For TensorRT, ``tile`` is also the engine's largest tile (``"auto"``:
+            `unetrt.tensorrt_build.DEFAULT_TILE`) and ``device`` its GPU (``"cpu"``:
+            ``cuda:0``); the float32 model runs on the CPU.
 
     Returns:
         The report; print it for the user.
 
     Raises:
-        ConfigError: On a bad option or a combination that cannot be built.
+        ConfigError: On a bad option or a combination that cannot be built, or without
+            a CUDA GPU for TensorRT.
+        MissingDependencyError: Without the backend's package (OpenVINO, TensorRT).
         InputError: If the calibration frames are missing, empty or do not fit the model.
         OutputError: If the output cannot be written (or is a folder).
         BuildRefused: If the accuracy check failed and ``force`` is not set.
     """
     started = time.perf_counter()
-    backend = _build_backend(backend, precision, options.get("device", "cpu"))
+    backend, device = _build_backend(backend, precision, options.get("device", "cpu"))
+    tensorrt = tensorrt or TensorRTOptions()
+    if backend != "tensorrt" and not tensorrt.is_default:
+        raise ConfigError(
+            "--max-batch, --workspace, --opt-level, --timing-cache, --version-compatible and "
+            "--hardware-compatible are TensorRT options; add --backend tensorrt"
+        )
     if method not in CALIBRATION_METHODS:
         raise ConfigError(
             f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}"
@@ -193,15 +223,19 @@ def build_engine(
             "int8 needs calibration frames: --calibration STACK (a few dozen frames like "
             "those you will segment)"
         )
-    suffix = ".xml" if backend == "openvino" else ".onnx"
-    with Segmenter(model, backend=backend, precision="fp32", **options) as reference:
+    # A TensorRT build runs the float32 model on the CPU; the engine runs on the GPU.
+    reference_backend = choose_backend("auto", "cpu")[0] if backend == "tensorrt" else backend
+    tile = parse_tile(options.get("tile", "auto"))
+    with Segmenter(
+        model, backend=reference_backend, precision="fp32", **{**options, "device": "cpu"}
+    ) as reference:
         source = reference.model.path
         if read_engine(source) is not None:
             raise ConfigError(
                 f"{source} was built by unetrt build-engine already; build from the "
                 f"original ONNX model"
             )
-        target = _output_path(output, source, backend, precision, suffix)
+        target = _output_path(output, source, backend, precision)
         recorded = None
         contract = reference.contract
         details: dict[str, Any] = {"source": os.fspath(source), "runtime": _runtime(backend)}
@@ -222,15 +256,37 @@ def build_engine(
             raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
         try:
             built_file = staging / target.name
+            feeds = None if recorded is None else recorded.feeds
             if backend == "onnxruntime":
-                _build_onnxruntime(source, built_file, precision, recorded, method, staging)
+                _build_onnxruntime(source, built_file, precision, feeds, method, staging)
+            elif backend == "openvino":
+                _build_openvino(source, built_file, precision, feeds)
             else:
-                _build_openvino(source, built_file, precision, recorded)
+                details.update(
+                    build_tensorrt(
+                        source,
+                        built_file,
+                        contract=contract,
+                        inputs=reference.model.backend.inputs,
+                        outputs=reference.model.backend.outputs,
+                        precision=precision,
+                        device=parse_device(device),
+                        tile=tile,
+                        options=tensorrt,
+                        feeds=feeds,
+                        method=method,
+                        staging=staging,
+                    )
+                )
             info = EngineInfo(backend, precision, details)
             _write_contract(built_file, backend, contract, info)  # the check opens it so
             accuracy = None
             if recorded is not None:
-                accuracy = _compare(recorded, built_file, backend, options)
+                checked = {**options, "device": device}
+                if backend == "tensorrt":  # tiles within the engine's profile
+                    largest = profile_tile(tile, contract.alignment)
+                    checked["tile"] = f"{largest[0]}x{largest[1]}"
+                accuracy = _compare(recorded, built_file, backend, checked)
                 details["accuracy"] = accuracy.to_dict()
                 info = EngineInfo(backend, precision, details)
                 _write_contract(built_file, backend, contract, info)
@@ -250,15 +306,28 @@ def build_engine(
 
 
 # ------------------------------------------------------------------ choices and names
-def _build_backend(backend: str, precision: str, device: str) -> str:
+def _build_backend(backend: str, precision: str, device: str) -> tuple[str, str]:
+    """The backend to build for, and the device it runs on (a GPU for TensorRT)."""
     if backend not in BUILD_BACKENDS:
         raise ConfigError(f"backend must be one of {BUILD_BACKENDS}, got {backend!r}")
     if precision not in BUILD_PRECISIONS:
         raise ConfigError(f"precision must be one of {BUILD_PRECISIONS}, got {precision!r}")
-    if backend == "tensorrt" or str(device).startswith("cuda"):
+    on_gpu = parse_device(device).kind == "cuda"
+    if backend == "auto" and (on_gpu or precision == "fp16" or tensorrt_available(device)):
+        backend = "tensorrt"  # asked for a GPU, or one is there with TensorRT
+    if backend == "tensorrt":
+        gpu = check_tensorrt(device)  # one line each: TensorRT missing, GPU missing
+        check_precision(tensorrt_version(), precision)
+        return backend, str(gpu)
+    if on_gpu:
         raise ConfigError(
-            "TensorRT engines are not in this build (no TensorRT here); build a CPU engine "
-            "with --backend openvino (bf16, int8) or --backend onnxruntime --int8"
+            f"--backend {backend} builds for the CPU; leave --device out, or build a "
+            f"TensorRT engine for {device} with --backend tensorrt"
+        )
+    if precision == "fp16":
+        raise ConfigError(
+            "fp16 is a TensorRT precision (--backend tensorrt, on an NVIDIA GPU); on the CPU "
+            "use bf16 (--backend openvino) or int8"
         )
     backend, _ = choose_backend(backend, "cpu")
     if backend == "onnxruntime" and precision == "bf16":
@@ -268,27 +337,32 @@ def _build_backend(backend: str, precision: str, device: str) -> str:
         )
     if backend == "openvino":
         require("openvino", "openvino")
-    return backend
+    return backend, "cpu"
 
 
 def _output_path(
-    output: str | os.PathLike[str] | None, source: Path, backend: str, precision: str, suffix: str
+    output: str | os.PathLike[str] | None, source: Path, backend: str, precision: str
 ) -> Path:
+    suffixes = SUFFIXES[backend]
     if output is None:
-        return Path(f"{source.stem}.{backend}-{precision}{suffix}").absolute()
+        return Path(f"{source.stem}.{backend}-{precision}{suffixes[0]}").absolute()
     target = Path(output).absolute()
     if target.is_dir():
         raise OutputError(
-            f"output {output} is a folder; give the file to write, e.g. model{suffix}"
+            f"output {output} is a folder; give the file to write, e.g. model{suffixes[0]}"
         )
-    if target.suffix.lower() != suffix:
-        raise ConfigError(f"a model built for {backend} is a {suffix} file; got output {output}")
+    if target.suffix.lower() not in suffixes:
+        raise ConfigError(
+            f"a model built for {backend} is a {' or '.join(suffixes)} file; got output {output}"
+        )
     return target
 
 
 def _runtime(backend: str) -> str:
     if backend == "openvino":
         return f"openvino {require('openvino', 'openvino').__version__}"
+    if backend == "tensorrt":
+        return f"tensorrt {tensorrt_version()}"
     import onnxruntime
 
     return f"onnxruntime {onnxruntime.__version__}"
@@ -360,13 +434,16 @@ def _build_onnxruntime(
     source: Path,
     built: Path,
     precision: str,
-    recorded: _Recorded | None,
+    feeds: list[dict[str, np.ndarray]] | None,
     method: str,
     staging: Path,
 ) -> None:
-    onnx = require("onnx", "build")
     import onnxruntime as ort
 
+    if precision == "int8":
+        assert feeds is not None
+        quantize_qdq(source, built, feeds, staging, method=method, target="onnxruntime")
+        return
     optimized = staging / "optimized.onnx"
     so = ort.SessionOptions()
     # Extended, not all: the layout transforms of ORT_ENABLE_ALL tie a saved model to
@@ -374,11 +451,43 @@ def _build_onnxruntime(
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.optimized_model_filepath = os.fspath(optimized)
     so.log_severity_level = 3
-    if precision == "fp32":
-        ort.InferenceSession(os.fspath(source), so, providers=["CPUExecutionProvider"])
-        shutil.move(optimized, built)
-        return
-    assert recorded is not None
+    ort.InferenceSession(os.fspath(source), so, providers=["CPUExecutionProvider"])
+    shutil.move(optimized, built)
+
+
+def quantize_qdq(
+    source: Path,
+    built: Path,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    staging: Path,
+    *,
+    method: str,
+    target: str,
+) -> None:
+    """Quantize an ONNX model statically into QuantizeLinear / DequantizeLinear pairs
+    with ONNX Runtime's tools, calibrated on recorded feeds.
+
+    ``quant_pre_process`` runs first, with symbolic shape inference skipped (it fails on
+    U-Nets of dynamic size); weights are int8 per channel. Per target:
+
+    - ``"onnxruntime"`` (its CPU kernels): uint8 activations with a zero point, int8
+      weights; transposed convolutions stay float (no int8 kernel for them on the CPU,
+      quantizing them would only add Q/DQ pairs around them).
+    - ``"tensorrt"``: symmetric int8 activations and weights (zero points 0, as TensorRT
+      needs), biases left float (TensorRT dequantizes no int32), every layer quantized.
+
+    Args:
+        source: The float32 model.
+        built: The quantized model to write.
+        feeds: The calibration feeds, per input name.
+        staging: A folder for the pre-processed model.
+        method: ``"minmax"``, ``"percentile"`` or ``"entropy"``.
+        target: ``"onnxruntime"`` or ``"tensorrt"``.
+
+    Raises:
+        ModelError: If ONNX Runtime cannot quantize the model.
+    """
+    onnx = require("onnx", "build")
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -395,25 +504,28 @@ def _build_onnxruntime(
     except Exception:  # its ONNX shape inference can fail on foreign graphs: go without
         onnx.save(onnx.load(os.fspath(source)), os.fspath(prepared))
 
-    feeds = recorded.feeds
-
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self._feeds = iter(feeds)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._feeds, None)
+            feed = next(self._feeds, None)
+            return None if feed is None else dict(feed)
 
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }
-    # Transposed convolutions stay float: ONNX Runtime has no int8 kernel for them on
-    # the CPU, so quantizing them would only add dequantize / quantize pairs around them.
-    keep_float = [
-        n.name for n in onnx.load(os.fspath(prepared)).graph.node if n.op_type == "ConvTranspose"
-    ]
+    if target == "tensorrt":
+        activations = QuantType.QInt8
+        keep_float: list[str] = []
+        extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+    else:
+        activations = QuantType.QUInt8
+        nodes = onnx.load(os.fspath(prepared)).graph.node
+        keep_float = [n.name for n in nodes if n.op_type == "ConvTranspose"]
+        extra = {"CalibTensorRangeSymmetric": False}
     try:
         quantize_static(
             os.fspath(prepared),
@@ -421,34 +533,34 @@ def _build_onnxruntime(
             Reader(),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QUInt8,
+            activation_type=activations,
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
             nodes_to_exclude=keep_float,
-            extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": False},
+            extra_options={**extra, "CalibMovingAverage": False},
         )
     except Exception as exc:  # ONNX Runtime's tools raise plain exceptions
         raise ModelError(f"ONNX Runtime could not quantize {source}: {exc}") from exc
 
 
-def _build_openvino(source: Path, built: Path, precision: str, recorded: _Recorded | None) -> None:
+def _build_openvino(
+    source: Path, built: Path, precision: str, feeds: list[dict[str, np.ndarray]] | None
+) -> None:
     ov = require("openvino", "openvino")
     try:
         model = ov.Core().read_model(os.fspath(source))
     except Exception as exc:
         raise ModelError(f"OpenVINO cannot read {source}: {exc}") from exc
     if precision == "int8":
-        assert recorded is not None
+        assert feeds is not None
         nncf = require("nncf", "openvino")
         nncf.set_log_level(logging.ERROR)  # its progress and INFO lines are not ours to print
-        dataset = nncf.Dataset(recorded.feeds)
+        dataset = nncf.Dataset(feeds)
         # Transposed convolutions stay float: OpenVINO's int8 ConvolutionBackpropData
         # wrecked the default model's masks (Dice 0.73 against float32; 0.998 without).
         keep_float = nncf.IgnoredScope(types=["ConvolutionBackpropData"], validate=False)
         try:
-            model = nncf.quantize(
-                model, dataset, subset_size=len(recorded.feeds), ignored_scope=keep_float
-            )
+            model = nncf.quantize(model, dataset, subset_size=len(feeds), ignored_scope=keep_float)
         except Exception as exc:
             raise ModelError(f"NNCF could not quantize {source}: {exc}") from exc
     # One name per tensor, the ONNX graph's (OpenVINO may have added others), so that

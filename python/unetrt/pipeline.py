@@ -400,6 +400,17 @@ class Executor(Protocol):
         """
         ...
 
+    def run_masks(
+        self, stream: VideoStream, frames: Iterable[np.ndarray], *, isolate: bool = False
+    ) -> Iterator[np.ndarray | Exception]:
+        """Masks of each frame before post-processing (`unetrt.masks.mask_of`), in
+        order; a GPU executor computes them on the device and downloads only them."""
+        ...
+
+    def close(self) -> None:
+        """Release what the executor holds besides the model (device memory, streams)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ExecutorConfig:
@@ -478,6 +489,18 @@ class CpuExecutor:
         finally:
             with self._lock:
                 self._free.append(buffers)
+
+    def run_masks(
+        self, stream: VideoStream, frames: Iterable[np.ndarray], *, isolate: bool = False
+    ) -> Iterator[np.ndarray | Exception]:
+        """Masks of each frame, in order; see `Executor.run_masks`."""
+        contract, threads = self.config.contract, self.config.threads
+        for result in self.run(stream, frames, isolate=isolate):
+            yield (
+                result
+                if isinstance(result, Exception)
+                else masks.mask_of(result, contract, threads=threads)
+            )
 
     def _run(
         self,

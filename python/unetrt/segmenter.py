@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import masks, tiling
+from .backends import parse_device
 from .contract import ModelContract
 from .errors import ConfigError, InputError, OutputError, UnetrtError
 from .io import (
@@ -47,6 +48,7 @@ from .normalize import Normalization, Statistics
 from .pipeline import (
     STITCH_MODES,
     CpuExecutor,
+    Executor,
     ExecutorConfig,
     FrameChecks,
     TilePolicy,
@@ -380,11 +382,12 @@ class Segmenter:
         except BaseException:
             self.model.close()
             raise
-        self._executor: CpuExecutor = (
-            CpuExecutor(self.model, config)
-            if self.temporal is None
-            else StatefulExecutor(self.model, config, self.temporal)
-        )
+        self.executor_config = config
+        try:
+            self._executor: Executor = self._make_executor(config, device)
+        except BaseException:
+            self.model.close()
+            raise
         self._live = VideoStream("frames")
         self._queue = LiveQueue(
             lambda frames: self._executor.run(self._live, frames, isolate=True),
@@ -393,6 +396,23 @@ class Segmenter:
             queue_size=queue_size,
             when_full=when_full,
         )
+
+    def _make_executor(self, config: ExecutorConfig, device: str) -> Executor:
+        """The host executor, or on a CUDA device with a backend that runs on device
+        memory (TensorRT), the GPU executor (`unetrt.gpu.executor`)."""
+        from .gpu.executor import cuda_executor, runs_on_device
+
+        spec = parse_device(device)
+        if spec.kind == "cuda" and runs_on_device(self.model.backend):
+            if self.temporal is not None:
+                raise ConfigError(
+                    "temporal (ConvLSTM step) models run on the CPU executor in this "
+                    "version; use --device cpu"
+                )
+            return cuda_executor(self.model, config, spec.index)
+        if self.temporal is not None:
+            return StatefulExecutor(self.model, config, self.temporal)
+        return CpuExecutor(self.model, config)
 
     # ------------------------------------------------------------------ properties
     def _budget_pixels(self) -> int:
@@ -500,14 +520,16 @@ class Segmenter:
 
     def segment_frame(self, frame: np.ndarray, stream: VideoStream | None = None) -> np.ndarray:
         """Mask for one frame (see `to_mask`)."""
-        return self.to_mask(self.predict_frame(frame, stream))
+        return next(iter(self.segment_frames([frame], stream)))
 
     def segment_frames(
         self, frames: Iterable[np.ndarray], stream: VideoStream | None = None
     ) -> Iterator[np.ndarray]:
-        """Masks for a stream of frames, in order (see `to_mask`)."""
-        for probs in self.predict_frames(frames, stream):
-            yield self.to_mask(probs)
+        """Masks for a stream of frames, in order (see `to_mask`); a GPU executor
+        computes them on the device."""
+        for mask in self._executor.run_masks(stream or self._live, frames):
+            assert not isinstance(mask, Exception)  # not isolating: errors raise
+            yield masks.postprocess_mask(mask, self.postprocess)
 
     # ------------------------------------------------------------------ live
     def submit(self, frame: np.ndarray, probabilities: bool = False) -> Future[np.ndarray]:
@@ -868,6 +890,14 @@ class Segmenter:
             else:
                 bar.set_description_str(src.name)
             count = 0
+            if len(outputs) == 1:  # masks only: a GPU executor downloads nothing else
+                only = self.segment_frames(prefetch(frames), stream)
+                for index, mask in zip(indices, only, strict=False):  # indices may be endless
+                    if wanted is None or index in wanted[0]:
+                        outputs[0].write(mask, index)
+                    count += 1
+                    bar.update(1)
+                return count, (failure[0] if failure else None)
             results = self.predict_frames(prefetch(frames), stream)
             for index, probs in zip(indices, results, strict=False):  # indices may be endless
                 for i, out in enumerate(outputs):

@@ -127,7 +127,19 @@ __global__ void stitch_states_kernel(const float* states, StateMap m, const Tile
         states[pixel::batch_index(nhwc, t, r, c, k, th, tw, m.channels)];
 }
 
+__global__ void nonfinite_kernel(const float* data, int64_t items, unsigned int* count) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < items && !isfinite(data[i])) atomicAdd(count, 1u);
+}
+
 }  // namespace
+
+void count_nonfinite(const float* data, int64_t items, unsigned int* count,
+                     const Stream& stream) {
+  if (items == 0) return;
+  nonfinite_kernel<<<blocks(items), kThreads, 0, stream.handle()>>>(data, items, count);
+  check_launch();
+}
 
 void extract_tiles(const FrameView& f, const Tile* tiles, int64_t n_tiles, int64_t tile_h,
                    int64_t tile_w, const Affine& affine, Layout layout, float* out,

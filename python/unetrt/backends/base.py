@@ -66,8 +66,9 @@ def parse_device(spec: str | Device) -> Device:
     raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N' (N = GPU number), got {spec!r}")
 
 
-#: Precisions a backend may compute in (``int8`` only from a quantized model).
-PRECISIONS = ("fp32", "bf16", "int8")
+#: Precisions a backend may compute in (``int8`` only from a quantized model, ``fp16``
+#: only from a TensorRT engine built for it).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,9 @@ class BackendOptions:
             one per physical core).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; normalised to ``"cpu"`` / ``"cuda:N"``.
         precision: What the runtime computes in where the model leaves it free:
-            ``"fp32"`` (default) or ``"bf16"`` (OpenVINO). A quantized model's int8
-            layers stay int8 either way.
+            ``"fp32"`` (default) or ``"bf16"`` (OpenVINO); a TensorRT engine computes
+            as it was built (``"fp16"`` among them). A quantized model's int8 layers
+            stay int8 either way.
     """
 
     threads: int | None = None

@@ -41,6 +41,11 @@ void finish_blend(float* acc, const float* weight_sum, int64_t pixels, int64_t c
 void class_mask(const float* prob, int64_t pixels, int64_t channels, bool independent,
                 float threshold, uint8_t* out, const Stream& stream);
 
+/// Adds the number of NaN and infinite values among data[0..items) to *count (the
+/// check of model outputs, read back with the frame's result instead of a sync).
+void count_nonfinite(const float* data, int64_t items, unsigned int* count,
+                     const Stream& stream);
+
 /// `unetrt::cut_states` on the device.
 void cut_states(const float* map, const StateMap& shape, const Tile* tiles, int64_t n_tiles,
                 int64_t tile_h, int64_t tile_w, float* out, const Stream& stream);
