@@ -315,3 +315,16 @@ def test_no_gpu_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
         gpu_device.check_cuda_device("cuda:1")
     with pytest.raises(ConfigError, match="cuda"):
         gpu_device.check_cuda_device("cpu")
+
+
+@pytest.mark.skipif(
+    not _core.build_info()["cuda"] or _core.build_info()["cuda_devices"] > 0,
+    reason="needs the CUDA build on a machine without a GPU",
+)
+def test_cuda_calls_fail_through_the_checking_macro() -> None:
+    """Without a GPU the CUDA runtime refuses every call; the macro turns that into a
+    CudaError naming the error, the call and the place."""
+    for make in (_core.cuda.Stream, _core.cuda.Event, lambda: _core.cuda.DeviceMemory(64)):
+        with pytest.raises(_core.cuda.CudaError, match=r"CUDA error cuda\w+ \(.*\) in cuda\w+"):
+            make()
+    assert (_core.cuda.CudaError,) == gpu_device.CUDA_ERRORS

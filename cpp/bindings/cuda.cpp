@@ -48,6 +48,7 @@ std::pair<void*, std::size_t> host(py::array& a) {
 void bind_cuda(py::module_& m) {
   using py::arg;
   const auto nogil = py::call_guard<py::gil_scoped_release>();
+  py::register_exception<cu::CudaError>(m, "CudaError", PyExc_RuntimeError);
   m.def("device_count", &cu::device_count, nogil, "GPUs the CUDA runtime sees now (0 if none).");
   m.def(
       "device_properties",

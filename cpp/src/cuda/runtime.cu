@@ -5,7 +5,7 @@ namespace unetrt {
 namespace cuda {
 
 void fail(cudaError_t error, const char* call, const char* file, int line) {
-  throw Error(std::string("CUDA error ") + cudaGetErrorName(error) + " (" +
+  throw CudaError(std::string("CUDA error ") + cudaGetErrorName(error) + " (" +
               cudaGetErrorString(error) + ") in " + call + " at " + file + ":" +
               std::to_string(line));
 }

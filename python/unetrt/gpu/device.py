@@ -33,7 +33,8 @@ from ..backends.base import parse_device
 from ..errors import ConfigError
 from ..normalize import Affine
 
-_FRAME_DTYPES = ("uint8", "uint16", "float32")
+#: What a failed CUDA runtime call raises (none without the CUDA build).
+CUDA_ERRORS: tuple[type[Exception], ...] = (_core.cuda.CudaError,) if hasattr(_core, "cuda") else ()
 
 
 # ----------------------------------------------------------------------- what is here

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, UnetrtError
+from ..errors import ConfigError, ModelError, UnetrtError
 from ..model import Model
 from ..pipeline import ExecutorConfig, VideoStream, prepare
-from .device import Buffer, CudaDevice, Device, HostDevice
+from .device import CUDA_ERRORS, Buffer, CudaDevice, Device, HostDevice
 from .scheduler import DEFAULT_DEPTH, DeviceEngine, FrameScheduler, FrameWork, SchedulerConfig
 
 _KERNEL_DTYPES = (np.uint8, np.uint16, np.float32)
@@ -123,6 +123,11 @@ class DeviceExecutor:
             scheduler = pool.pop() if pool else self._scheduler(result)
         try:
             yield from scheduler.run(self._prepared(stream, frames, isolate))
+        except CUDA_ERRORS as exc:  # out of memory, a failed launch: one line, no traceback
+            raise ModelError(
+                f"the GPU failed on {stream.name} ({exc}); a smaller --tile or --batch needs "
+                f"less GPU memory"
+            ) from exc
         finally:
             with self._lock:
                 self._free[result].append(scheduler)

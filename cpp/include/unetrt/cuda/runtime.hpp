@@ -6,17 +6,24 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <stdexcept>
 #include <string>
 
 namespace unetrt {
 namespace cuda {
+
+/// A failed CUDA runtime call (Python: unetrt._core.cuda.CudaError).
+class CudaError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 [[noreturn]] void fail(cudaError_t error, const char* call, const char* file, int line);
 
 }  // namespace cuda
 }  // namespace unetrt
 
-/// Every CUDA runtime call goes through this: a failure throws unetrt::Error naming
+/// Every CUDA runtime call goes through this: a failure throws CudaError naming
 /// the CUDA error, the call, the file and the line.
 #define UNETRT_CUDA_CHECK(call)                                              \
   do {                                                                       \
