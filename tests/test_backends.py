@@ -20,7 +20,7 @@ from unetrt.backends import (
 )
 from unetrt.backends.base import ShapeRange
 from unetrt.backends.onnxruntime import OnnxRuntimeBackend
-from unetrt.errors import ConfigError, ModelError
+from unetrt.errors import ConfigError, MissingDependencyError, ModelError
 from unetrt.model import run_prediction
 
 
@@ -291,7 +291,9 @@ def test_output_of_another_size() -> None:
 )
 def test_cuda_without_cuda_build() -> None:
     with pytest.raises(ConfigError, match=r"device 'cuda:0' needs ONNX Runtime with CUDA"):
-        create_backend(testing.affine_model(1.0, 0.0).SerializeToString(), device="cuda")
+        create_backend(
+            testing.affine_model(1.0, 0.0).SerializeToString(), "onnxruntime", device="cuda"
+        )
 
 
 # --- create_backend --------------------------------------------------------------------
@@ -304,8 +306,10 @@ def test_create_backend_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backends, "openvino_available", lambda: False)
     assert isinstance(create_backend(data), OnnxRuntimeBackend)  # auto without OpenVINO
     assert isinstance(create_backend(data, "onnxruntime", threads=1), OnnxRuntimeBackend)
-    with pytest.raises(ConfigError, match="backend 'tensorrt' is not available in this build yet"):
-        create_backend(data, "tensorrt")
+    with pytest.raises(MissingDependencyError, match="TensorRT is not installed"):
+        create_backend(data, "tensorrt")  # checked first: no engine runs without TensorRT
+    with pytest.raises(ConfigError, match="does not compute in fp16"):
+        create_backend(data, "onnxruntime", precision="fp16")
     with pytest.raises(
         ConfigError,
         match=r"one of \('auto', 'onnxruntime', 'openvino', 'tensorrt'\), got 'trt'",

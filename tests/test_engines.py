@@ -82,7 +82,6 @@ def test_auto_prefers_openvino_on_the_cpu_when_installed(monkeypatch):
 
     monkeypatch.setattr(backends, "openvino_available", lambda: True)
     assert choose_backend("auto", "cpu") == ("openvino", "fp32")
-    assert choose_backend("auto", "cuda:0") == ("onnxruntime", "fp32")
     monkeypatch.setattr(backends, "openvino_available", lambda: False)
     assert choose_backend("auto", "cpu") == ("onnxruntime", "fp32")
     assert choose_backend("auto", "cpu", "bf16") == ("onnxruntime", "bf16")  # refused on load
@@ -100,8 +99,10 @@ def test_a_built_model_picks_its_backend_and_precision():
     assert choose_backend("auto", "cpu", None, quantized) == ("onnxruntime", "int8")
     with pytest.raises(ConfigError, match="build-engine"):
         choose_backend("auto", "cpu", "int8")  # int8 without a quantized model
-    with pytest.raises(ConfigError, match="precision must be"):
+    with pytest.raises(ConfigError, match="fp16 needs a TensorRT engine"):
         choose_backend("auto", "cpu", "fp16")
+    with pytest.raises(ConfigError, match="precision must be"):
+        choose_backend("auto", "cpu", "fp8")
 
 
 def test_onnxruntime_refuses_bf16(unet):

@@ -345,6 +345,11 @@ class Segmenter:
                     f"got batch {batch}"
                 )
             self.batch = accepted.fixed_batch  # partial batches are padded
+        elif accepted.max_batch is not None and batch > accepted.max_batch:
+            raise ConfigError(
+                f"this engine runs batches of at most {accepted.max_batch} tiles (built with "
+                f"--max-batch {accepted.max_batch}), got batch {batch}"
+            )
         if self.postprocess.label and self.classes > 1:
             raise ConfigError(
                 f"instance labels need a one-channel foreground model; this model has "
@@ -357,6 +362,15 @@ class Segmenter:
                 f"this model only accepts {fixed[0]}x{fixed[1]} tiles, "
                 f"got tile {wanted[0]}x{wanted[1]}"
             )
+        largest = accepted.max_tile  # an engine's optimization profile (TensorRT)
+        if fixed is None and largest is not None:
+            if wanted is None:
+                wanted = largest  # auto: frames that fit in one tile, else its largest tiles
+            elif wanted[0] > largest[0] or wanted[1] > largest[1]:
+                raise ConfigError(
+                    f"this engine runs tiles of at most {largest[0]}x{largest[1]} (built "
+                    f"with --tile {largest[0]}x{largest[1]}), got tile {wanted[0]}x{wanted[1]}"
+                )
         self.stitch = stitch
         self._checks = FrameChecks(
             channels=contract.channels, nan=nan, codes=contract.input_channels
@@ -398,16 +412,17 @@ class Segmenter:
         )
 
     def _make_executor(self, config: ExecutorConfig, device: str) -> Executor:
-        """The host executor, or on a CUDA device with a backend that runs on device
-        memory (TensorRT), the GPU executor (`unetrt.gpu.executor`)."""
+        """The host executor, or for a backend that runs on device memory (a TensorRT
+        engine, on its GPU), the GPU executor (`unetrt.gpu.executor`)."""
         from .gpu.executor import cuda_executor, runs_on_device
 
-        spec = parse_device(device)
-        if spec.kind == "cuda" and runs_on_device(self.model.backend):
+        backend = self.model.backend
+        if runs_on_device(backend):  # a TensorRT engine: on its GPU (--device cpu: cuda:0)
+            spec = parse_device(getattr(backend, "device", device))
             if self.temporal is not None:
                 raise ConfigError(
-                    "temporal (ConvLSTM step) models run on the CPU executor in this "
-                    "version; use --device cpu"
+                    "temporal (ConvLSTM step) models do not run on the GPU executor in "
+                    "this version; segment the ONNX step model on the CPU (--device cpu)"
                 )
             return cuda_executor(self.model, config, spec.index)
         if self.temporal is not None:
