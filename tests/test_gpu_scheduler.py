@@ -12,6 +12,8 @@ These tests run no CUDA code; tests/gpu runs the same pipeline on a GPU.
 
 from __future__ import annotations
 
+import dataclasses
+import types
 from pathlib import Path
 
 import numpy as np
@@ -239,6 +241,14 @@ def test_the_gpu_executor_needs_known_output_channels(unet_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="output channels"):
         DeviceExecutor(Unknown(), seg.executor_config, HostDevice(), None)  # type: ignore[arg-type]
+
+
+def test_the_gpu_executor_needs_float32_model_io(unet_path: Path) -> None:
+    seg = Segmenter(unet_path, tile=16, halo=4, threads=1)
+    half = dataclasses.replace(seg.model.image, dtype=np.dtype(np.float16))
+    model = types.SimpleNamespace(output_channels=1, image=half, prediction=seg.model.prediction)
+    with pytest.raises(ConfigError, match=r"float32 tiles .* is float16"):
+        DeviceExecutor(model, seg.executor_config, HostDevice(), None)  # type: ignore[arg-type]
 
 
 def test_backends_that_run_on_device_pointers() -> None:

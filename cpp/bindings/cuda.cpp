@@ -37,9 +37,20 @@ unetrt::DType dtype_of(const std::string& dtype) {
   return unetrt::DType::kFloat32;
 }
 
-// A host array's address and size for a copy; it must be C-contiguous.
-std::pair<void*, std::size_t> host(py::array& a) {
+void check_contiguous(const py::array& a) {
   if (!(a.flags() & py::array::c_style)) throw py::value_error("host array must be C-contiguous");
+}
+
+// A host array's address and size to copy from (read-only arrays too: tile plans are).
+std::pair<const void*, std::size_t> host_source(const py::array& a) {
+  check_contiguous(a);
+  return {a.data(), static_cast<std::size_t>(a.nbytes())};
+}
+
+// A host array's address and size to copy into; it must be writeable.
+std::pair<void*, std::size_t> host_target(py::array& a) {
+  check_contiguous(a);
+  if (!a.writeable()) throw py::value_error("host array must be writeable");
   return {a.mutable_data(), static_cast<std::size_t>(a.nbytes())};
 }
 
@@ -94,8 +105,8 @@ void bind_cuda(py::module_& m) {
 
   m.def(
       "upload",
-      [](std::uintptr_t dst, py::array& src, const cu::Stream& stream) {
-        const auto [data, bytes] = host(src);
+      [](std::uintptr_t dst, const py::array& src, const cu::Stream& stream) {
+        const auto [data, bytes] = host_source(src);
         py::gil_scoped_release release;
         cu::copy(ptr<void>(dst), data, bytes, stream);
       },
@@ -103,8 +114,7 @@ void bind_cuda(py::module_& m) {
   m.def(
       "download",
       [](py::array& dst, std::uintptr_t src, const cu::Stream& stream) {
-        if (!dst.writeable()) throw py::value_error("host array must be writeable");
-        const auto [data, bytes] = host(dst);
+        const auto [data, bytes] = host_target(dst);
         py::gil_scoped_release release;
         cu::copy(data, ptr<void>(src), bytes, stream);
       },

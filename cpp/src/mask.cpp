@@ -21,8 +21,8 @@ void threshold_mask(const float* prob, int64_t size, float threshold, uint8_t* o
 void class_mask(const float* prob, int64_t pixels, int64_t classes, bool independent,
                 float threshold, uint8_t* out, int threads) {
   UNETRT_CHECK(pixels >= 0, "pixels must be >= 0");
-  UNETRT_CHECK(classes >= 1 && classes <= (independent ? 255 : 256),
-               "a uint8 mask holds at most 256 classes");
+  UNETRT_CHECK(classes >= 1 && classes <= pixel::max_mask_channels(independent),
+               "a uint8 mask holds at most 256 classes (255 independent channels)");
   parallel_for(pixels, classes, threads, [=](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p)
       out[p] = pixel::class_mask(prob + p * classes, classes, 1, independent, threshold);

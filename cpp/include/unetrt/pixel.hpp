@@ -69,6 +69,10 @@ UNETRT_HD int64_t argmax(const float* v, int64_t classes, int64_t stride) {
   return best;
 }
 
+/// The most channels a uint8 class mask can tell apart: 256 classes, or 255 independent
+/// channels (1 + channel, 0 for none).
+UNETRT_HD constexpr int64_t max_mask_channels(bool independent) { return independent ? 255 : 256; }
+
 /// The class of one pixel of a K-channel output: the argmax for classes (softmax or
 /// logits); for independent sigmoid channels 1 + the most probable channel where it
 /// passes the threshold, else 0.

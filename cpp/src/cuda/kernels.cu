@@ -208,7 +208,8 @@ void finish_blend(float* acc, const float* weight_sum, int64_t pixels, int64_t c
 
 void class_mask(const float* prob, int64_t pixels, int64_t channels, bool independent,
                 float threshold, uint8_t* out, const Stream& stream) {
-  UNETRT_CHECK(channels >= 1 && channels <= 256, "a uint8 mask holds at most 256 classes");
+  UNETRT_CHECK(channels >= 1 && channels <= pixel::max_mask_channels(independent),
+               "a uint8 mask holds at most 256 classes (255 independent channels)");
   if (pixels == 0) return;
   mask_kernel<<<blocks(pixels), kThreads, 0, stream.handle()>>>(prob, pixels, channels,
                                                                  independent, threshold, out);

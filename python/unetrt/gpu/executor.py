@@ -91,6 +91,13 @@ class DeviceExecutor:
                 "the GPU executor needs a model whose output channels are known from its "
                 "shape or contract"
             )
+        for spec in (model.image, model.prediction):
+            if spec.dtype != np.float32:
+                raise ConfigError(
+                    f"the GPU executor hands the model float32 tiles and reads float32 "
+                    f"outputs; {spec.name!r} is {spec.dtype} (unetrt build-engine keeps "
+                    f"float32 inputs and outputs at every precision)"
+                )
         self._free: dict[str, list[FrameScheduler]] = {"masks": [], "probabilities": []}
         self._lock = threading.Lock()
 
