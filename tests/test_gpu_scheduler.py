@@ -338,3 +338,59 @@ def test_cuda_calls_fail_through_the_checking_macro() -> None:
         with pytest.raises(_core.cuda.CudaError, match=r"CUDA error cuda\w+ \(.*\) in cuda\w+"):
             make()
     assert (_core.cuda.CudaError,) == gpu_device.CUDA_ERRORS
+
+
+# ----------------------------------------------------------------- through the Segmenter
+@pytest.fixture()
+def on_the_twin(monkeypatch: pytest.MonkeyPatch):
+    """Segmenters whose backend "runs on device pointers": the GPU executor on the CPU
+    twin, as `Segmenter` makes it for a TensorRT engine on a GPU."""
+    from unetrt.gpu import executor as gpu_executor
+
+    def twin(model, config, index):
+        device = HostDevice(seed=index + 11)
+        return DeviceExecutor(model, config, device, ModelEngine(model, device))
+
+    monkeypatch.setattr(gpu_executor, "runs_on_device", lambda backend: True)
+    monkeypatch.setattr(gpu_executor, "cuda_executor", twin)
+
+
+def test_segment_a_stack_on_the_gpu_executor(unet_path: Path, tmp_path: Path, on_the_twin):
+    import tifffile
+
+    stack = np.stack(frames_of("uint16", [(40, 36)] * 6))
+    source = tmp_path / "video.tif"
+    tifffile.imwrite(source, stack)
+    options = {"tile": 16, "halo": 4, "threads": 1, "stitch": "blend"}
+    gpu = Segmenter(unet_path, **options)
+    assert isinstance(gpu._executor, DeviceExecutor)
+    gpu.segment(source, tmp_path / "gpu.tif", probabilities=tmp_path / "gpu-p.tif", progress=False)
+    gpu.segment(source, tmp_path / "gpu-masks-only.tif", progress=False)  # run_masks
+    live = [gpu.submit(frame).result() for frame in stack[:3]]
+    gpu.close()
+    with pytest.MonkeyPatch.context() as patch:
+        from unetrt.gpu import executor as gpu_executor
+
+        patch.setattr(gpu_executor, "runs_on_device", lambda backend: False)
+        cpu = Segmenter(unet_path, **options)
+    assert isinstance(cpu._executor, CpuExecutor)
+    cpu.segment(source, tmp_path / "cpu.tif", probabilities=tmp_path / "cpu-p.tif", progress=False)
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "gpu.tif"), tifffile.imread(tmp_path / "cpu.tif")
+    )
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "gpu-masks-only.tif"), tifffile.imread(tmp_path / "cpu.tif")
+    )
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "gpu-p.tif"), tifffile.imread(tmp_path / "cpu-p.tif")
+    )
+    for mask, frame in zip(live, stack[:3], strict=True):
+        np.testing.assert_array_equal(mask, cpu.segment_frame(frame))
+    cpu.close()
+
+
+def test_temporal_models_are_refused_on_the_gpu_executor(tmp_path: Path, on_the_twin):
+    path = tmp_path / "step.onnx"
+    testing.save(testing.convlstm_step_model(contract=testing.convlstm_step_contract()), path)
+    with pytest.raises(ConfigError, match="temporal .* do not run on the GPU executor"):
+        Segmenter(path, threads=1)
