@@ -767,13 +767,22 @@ def test_backend_enqueue_sets_shape_addresses_and_stream(trt, engine) -> None:
     inputs, outputs = gpu.alloc(x.shape, F32), gpu.alloc(x.shape, F32)
     np.copyto(fake_tensorrt.memory(inputs.ptr, x.shape, F32), x)
     backend.enqueue(inputs.ptr, (2, 8, 12, 1), outputs.ptr, 1234)
-    (context,) = fake_tensorrt.state.runtimes[-1].engines[-1].contexts
+    # The host path's context, then one for stream 1234.
+    host, context = fake_tensorrt.state.runtimes[-1].engines[-1].contexts
+    assert host.executions == [] and host.shape_calls == []
     assert context.shape_calls == [("image", (2, 8, 12, 1), True)]
     (run,) = context.executions
     assert run == fake_tensorrt.Execution(
         1234, {"image": inputs.ptr, "mask": outputs.ptr}, {"image": (2, 8, 12, 1)}
     )
     np.testing.assert_array_equal(fake_tensorrt.memory(outputs.ptr, x.shape, F32), 2 * x)
+    # Another stream (a second scheduler running at once) gets a context of its own;
+    # the same stream again reuses its context.
+    backend.enqueue(inputs.ptr, (1, 8, 12, 1), outputs.ptr, 99)
+    backend.enqueue(inputs.ptr, (2, 8, 12, 1), outputs.ptr, 1234)
+    host, first, second = fake_tensorrt.state.runtimes[-1].engines[-1].contexts
+    assert [r.stream for r in first.executions] == [1234, 1234]
+    assert [r.stream for r in second.executions] == [99]
 
 
 def test_backend_run_uploads_executes_and_downloads(trt, engine) -> None:

@@ -300,6 +300,9 @@ class TensorRTBackend(Closeable):
             raise ModelError(f"TensorRT cannot load engine {self.label}: {self._log.take()}")
         self._engine: trt.ICudaEngine | None = engine
         self._context: trt.IExecutionContext | None = engine.create_execution_context()
+        # Device-memory runs: one context per stream (a context's activations and input
+        # shapes belong to one run at a time; two schedulers run on two streams at once).
+        self._stream_contexts: dict[int, trt.IExecutionContext] = {}
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         modes = {n: engine.get_tensor_mode(n) for n in names}
         dtypes: dict[Any, np.dtype[Any]] = {
@@ -356,8 +359,10 @@ class TensorRTBackend(Closeable):
             self._set_shapes({image: tuple(input_shape)})
             return dims(self._live_context().get_tensor_shape(self.outputs[0].name))
 
-    def _set_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        context = self._live_context()
+    def _set_shapes(
+        self, shapes: Mapping[str, tuple[int, ...]], context: trt.IExecutionContext | None = None
+    ) -> None:
+        context = context or self._live_context()
         for name, shape in shapes.items():
             if not context.set_input_shape(name, shape):
                 self._log.take()  # TensorRT's wording repeats ours
@@ -453,19 +458,26 @@ class TensorRTBackend(Closeable):
         """
         image = self._single_input()
         with self._lock:
-            context = self._live_context()
-            self._set_shapes({image: tuple(input_shape)})
+            context = self._stream_contexts.get(stream_handle)
+            if context is None:
+                context = self._live_engine().create_execution_context()
+                self._stream_contexts[stream_handle] = context
+            self._set_shapes({image: tuple(input_shape)}, context)
             context.set_tensor_address(image, inputs_ptr)
             context.set_tensor_address(self.outputs[0].name, outputs_ptr)
             for spec in self.outputs[1:]:  # auxiliary outputs: written, never read
                 shape = dims(context.get_tensor_shape(spec.name))
-                context.set_tensor_address(
-                    spec.name, self._buffer(spec.name, shape, spec.dtype).ptr
-                )
-            self._execute(stream_handle, None)
+                buffer = self._buffer(f"{spec.name}@{stream_handle}", shape, spec.dtype)
+                context.set_tensor_address(spec.name, buffer.ptr)
+            self._execute(stream_handle, None, context)
 
-    def _execute(self, stream_handle: int, feeds: Mapping[str, np.ndarray] | None) -> None:
-        if not self._live_context().execute_async_v3(stream_handle):
+    def _execute(
+        self,
+        stream_handle: int,
+        feeds: Mapping[str, np.ndarray] | None,
+        context: trt.IExecutionContext | None = None,
+    ) -> None:
+        if not (context or self._live_context()).execute_async_v3(stream_handle):
             where = (
                 ""
                 if feeds is None
@@ -502,6 +514,7 @@ class TensorRTBackend(Closeable):
     def close(self) -> None:
         """Release the context, engine and device buffers; the backend is unusable afterwards."""
         self._context = None
+        self._stream_contexts.clear()
         self._engine = None
         self._buffers.clear()
 
