@@ -347,9 +347,10 @@ def on_the_twin(monkeypatch: pytest.MonkeyPatch):
     twin, as `Segmenter` makes it for a TensorRT engine on a GPU."""
     from unetrt.gpu import executor as gpu_executor
 
-    def twin(model, config, index):
+    def twin(model, config, index, temporal=None):
         device = HostDevice(seed=index + 11)
-        return DeviceExecutor(model, config, device, ModelEngine(model, device))
+        engine = ModelEngine(model, device)
+        return DeviceExecutor(model, config, device, engine, temporal=temporal)
 
     monkeypatch.setattr(gpu_executor, "runs_on_device", lambda backend: True)
     monkeypatch.setattr(gpu_executor, "cuda_executor", twin)
@@ -389,8 +390,94 @@ def test_segment_a_stack_on_the_gpu_executor(unet_path: Path, tmp_path: Path, on
     cpu.close()
 
 
-def test_temporal_models_are_refused_on_the_gpu_executor(tmp_path: Path, on_the_twin):
-    path = tmp_path / "step.onnx"
-    testing.save(testing.convlstm_step_model(contract=testing.convlstm_step_contract()), path)
-    with pytest.raises(ConfigError, match="temporal .* do not run on the GPU executor"):
-        Segmenter(path, threads=1)
+@pytest.fixture(scope="module")
+def step_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("step-models")
+    made = {}
+    for layout in ("NHWC", "NCHW"):
+        contract = testing.convlstm_step_contract(layout=layout)
+        path = folder / f"step-{layout}.onnx"
+        testing.save(testing.convlstm_step_model(layout=layout, contract=contract), path)
+        made[layout] = path
+    return made
+
+
+def step_executors(seg: Segmenter, seed: int):
+    from unetrt.temporal import StatefulExecutor
+
+    assert seg.temporal is not None
+    device = HostDevice(seed)
+    engine = ModelEngine(seg.model, device)
+    gpu = DeviceExecutor(seg.model, seg.executor_config, device, engine, temporal=seg.temporal)
+    return gpu, StatefulExecutor(seg.model, seg.executor_config, seg.temporal)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_step_models_stream_their_state_as_on_the_cpu(
+    step_models: dict[str, Path], layout: str, seed: int
+) -> None:
+    """Stream mode on the GPU executor: every tile's state window cut from the device
+    maps and the new state cores stitched back, step after step, equal to the CPU."""
+    seg = Segmenter(step_models[layout], tile=16, batch=3, stitch="blend", threads=1)
+    assert seg.plan_for(30, 26).n_tiles > 3  # tiled, batches of tiles, a partial one
+    frames = frames_of("uint16", [(30, 26)] * 6, seed)
+    gpu, cpu = step_executors(seg, seed)
+    expected = list(cpu.run(seg.stream(), frames))
+    got = list(gpu.run(seg.stream(), frames))
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e)
+    # The state carries: the same frame later in the video gives another result.
+    assert not np.array_equal(got[0], list(gpu.run(seg.stream(), [frames[1], frames[0]]))[1])
+    want = [masks.mask_of(p, seg.executor_config.contract) for p in expected]
+    for g, e in zip(gpu.run_masks(seg.stream(), frames), want, strict=True):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_step_model_resets_and_refusals(step_models: dict[str, Path]) -> None:
+    seg = Segmenter(step_models["NHWC"], tile=16, threads=1, reset_every=2)
+    frames = frames_of("uint16", [(24, 20)] * 5)
+    frames[3] = frames[3].astype(np.float32)
+    frames[3][1, 1] = np.nan  # refused in its place; its step does not happen on either
+    gpu, cpu = step_executors(seg, seed=3)
+    expected = list(cpu.run(seg.stream(), frames, isolate=True))
+    got = list(gpu.run(seg.stream(), frames, isolate=True))
+    assert isinstance(got[3], InputError) and isinstance(expected[3], InputError)
+    for i in (0, 1, 2, 4):
+        np.testing.assert_array_equal(got[i], expected[i])
+    np.testing.assert_array_equal(got[2], list(gpu.run(seg.stream(), frames[2:3]))[0])  # reset
+    with pytest.raises(InputError, match="needs frames of one size"):
+        list(gpu.run(seg.stream(), frames_of("uint16", [(24, 20), (20, 20)])))
+    stream = seg.stream()
+    list(gpu.run(stream, frames[:1]))
+    with pytest.raises(ConfigError, match="carries the state of another"):
+        list(cpu.run(stream, frames[:1]))  # the host executor's state is not the device's
+    window = Segmenter(step_models["NHWC"], tile=16, threads=1, temporal="window")
+    with pytest.raises(ConfigError, match="window mode runs on the CPU executor"):
+        step_executors(window, seed=0)
+
+
+def test_segment_a_step_model_on_the_gpu_executor(
+    step_models: dict[str, Path], tmp_path: Path, on_the_twin
+) -> None:
+    import tifffile
+
+    stack = np.stack(frames_of("uint16", [(30, 26)] * 5))
+    source = tmp_path / "video.tif"
+    tifffile.imwrite(source, stack)
+    gpu = Segmenter(step_models["NCHW"], tile=16, threads=1)
+    assert isinstance(gpu._executor, DeviceExecutor) and gpu._executor.temporal is not None
+    gpu.segment(source, tmp_path / "gpu.tif", progress=False)
+    gpu.close()
+    from unetrt.gpu import executor as gpu_executor
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gpu_executor, "runs_on_device", lambda backend: False)
+        cpu = Segmenter(step_models["NCHW"], tile=16, threads=1)
+    cpu.segment(source, tmp_path / "cpu.tif", progress=False)
+    cpu.close()
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "gpu.tif"), tifffile.imread(tmp_path / "cpu.tif")
+    )
+    with pytest.raises(ConfigError, match="window mode runs on the CPU executor"):
+        Segmenter(step_models["NCHW"], tile=16, threads=1, temporal="window")

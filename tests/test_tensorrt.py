@@ -702,7 +702,7 @@ def test_segmenter_keeps_to_the_engines_profile(trt, unet_path, tmp_path, monkey
     from unetrt.gpu import executor as gpu_executor
     from unetrt.pipeline import CpuExecutor
 
-    monkeypatch.setattr(gpu_executor, "cuda_executor", lambda m, c, i: CpuExecutor(m, c))
+    monkeypatch.setattr(gpu_executor, "cuda_executor", lambda m, c, i, t: CpuExecutor(m, c))
     out = tmp_path / "unet64.engine"
     build_engine(unet_path, out, backend="tensorrt", tile="64", tensorrt=TensorRTOptions(2))
     seg = Segmenter(out, batch=2)
@@ -783,6 +783,42 @@ def test_backend_enqueue_sets_shape_addresses_and_stream(trt, engine) -> None:
     host, first, second = fake_tensorrt.state.runtimes[-1].engines[-1].contexts
     assert [r.stream for r in first.executions] == [1234, 1234]
     assert [r.stream for r in second.executions] == [99]
+
+
+def test_a_step_model_engine_runs_on_named_device_tensors(trt, tmp_path) -> None:
+    """The GPU executor's step-model path: image and state windows in, prediction and
+    new states out, every tensor addressed by name on the scheduler's stream."""
+    from unetrt.gpu.executor import BackendEngine
+    from unetrt.model import open_model
+    from unetrt.testing import convlstm_step_model, save
+
+    source = tmp_path / "step.onnx"
+    save(convlstm_step_model(contract=convlstm_step_contract()), source)
+    out = tmp_path / "step.engine"
+    build_engine(source, out, backend="tensorrt", tile="32", tensorrt=TensorRTOptions(2))
+    model = open_model(out, backend="tensorrt")
+    assert [s.input for s in model.contract.states] == ["h", "c"]
+    gpu = fake_tensorrt.FakeCudaDevice()
+    image, mask = gpu.alloc((2, 16, 12, 1), F32), gpu.alloc((2, 16, 12, 1), F32)
+    h, c = gpu.alloc((2, 8, 6, 4), F32), gpu.alloc((2, 8, 6, 4), F32)
+    h_out, c_out = gpu.alloc((2, 8, 6, 4), F32), gpu.alloc((2, 8, 6, 4), F32)
+    stream = fake_tensorrt.FakeStream(77)
+    BackendEngine(model).enqueue_step(
+        image, {"h": h, "c": c}, mask, {"h": h_out, "c": c_out}, stream
+    )
+    run = fake_tensorrt.state.runtimes[-1].engines[-1].contexts[-1].executions[-1]
+    assert run.stream == 77
+    assert run.addresses == {
+        "frame": image.ptr, "h": h.ptr, "c": c.ptr,
+        "mask": mask.ptr, "h_out": h_out.ptr, "c_out": c_out.ptr,
+    }  # fmt: skip
+    assert run.shapes == {"frame": (2, 16, 12, 1), "h": (2, 8, 6, 4), "c": (2, 8, 6, 4)}
+    backend = model.backend
+    with pytest.raises(ModelError, match=r"no shape given for \['c'\]"):
+        backend.enqueue_tensors({"frame": image.ptr}, {"frame": (2, 16, 12, 1), "h": h.shape}, 1)
+    with pytest.raises(ModelError, match="has 3 inputs"):
+        backend.enqueue(image.ptr, (2, 16, 12, 1), mask.ptr, 1)  # the one-input path
+    model.close()
 
 
 def test_backend_run_uploads_executes_and_downloads(trt, engine) -> None:

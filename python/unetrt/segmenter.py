@@ -419,12 +419,7 @@ class Segmenter:
         backend = self.model.backend
         if runs_on_device(backend):  # a TensorRT engine: on its GPU (--device cpu: cuda:0)
             spec = parse_device(getattr(backend, "device", device))
-            if self.temporal is not None:
-                raise ConfigError(
-                    "temporal (ConvLSTM step) models do not run on the GPU executor in "
-                    "this version; segment the ONNX step model on the CPU (--device cpu)"
-                )
-            return cuda_executor(self.model, config, spec.index)
+            return cuda_executor(self.model, config, spec.index, self.temporal)
         if self.temporal is not None:
             return StatefulExecutor(self.model, config, self.temporal)
         return CpuExecutor(self.model, config)

@@ -177,6 +177,45 @@ def _window(layout: str, y: slice, x: slice) -> tuple[slice, ...]:
     return (y, x, slice(None)) if layout == "NHWC" else (slice(None), y, x)
 
 
+def video_maps(
+    stream: VideoStream, owner: tuple[Any, ...], plan: tiling.TilePlan, label: str, make: Any
+) -> Any:
+    """The whole-frame state maps of a video (``stream.state["maps"]``), made by
+    ``make()`` at its first frame; the host and the GPU executor keep theirs so.
+
+    Args:
+        stream: The video.
+        owner: What the maps belong to (model, states, layout, mode, executor); a stream
+            carrying another owner's state is refused.
+        plan: This frame's tile plan.
+        label: This frame, in words.
+        make: Makes the maps (with ``frame_size`` and ``size`` attributes: the frame's
+            and the padded frame's (height, width)).
+
+    Raises:
+        ConfigError: If the stream carries the state of another model or mode.
+        InputError: If this frame is not of the size of the frames before it.
+    """
+    if stream.state.setdefault("owner", owner) != owner:
+        raise ConfigError(
+            f"stream {stream.name!r} carries the state of another model or temporal "
+            f"mode; open a new stream (Segmenter.stream()) for this Segmenter"
+        )
+    maps = stream.state.get("maps")
+    if maps is None:
+        maps = stream.state["maps"] = make()
+    elif maps.frame_size != (plan.height, plan.width) or maps.size != (
+        plan.padded_h,
+        plan.padded_w,
+    ):
+        raise InputError(
+            f"{label} is {plan.height} x {plan.width} pixels, the frames before it "
+            f"{maps.frame_size[0]} x {maps.frame_size[1]}; a temporal model carries its "
+            f"state from frame to frame and needs frames of one size"
+        )
+    return maps
+
+
 class StatefulExecutor(CpuExecutor):
     """The host executor for step models (see the module docstring).
 
@@ -244,8 +283,7 @@ class StatefulExecutor(CpuExecutor):
             yield finish(job, self.config.threads)
 
     def _maps(self, stream: VideoStream, job: FrameJob) -> _StateMaps:
-        """The video's state maps, made at its first frame; a frame of another size
-        cannot take the state on, nor can another model or mode."""
+        """The video's state maps, made at its first frame (see `video_maps`)."""
         owner = (
             str(self.model.path),
             self.states,
@@ -254,25 +292,10 @@ class StatefulExecutor(CpuExecutor):
             self.time_steps,
             self._parts is not None,
         )
-        if stream.state.setdefault("owner", owner) != owner:
-            raise ConfigError(
-                f"stream {stream.name!r} carries the state of another model or temporal "
-                f"mode; open a new stream (Segmenter.stream()) for this Segmenter"
-            )
-        maps = stream.state.get("maps")
-        plan = job.plan
-        if maps is None:
-            maps = _StateMaps(self.states, self.config.contract.layout, plan)
-            stream.state["maps"] = maps
-        elif maps.frame_size != (plan.height, plan.width) or maps.size != (
-            plan.padded_h,
-            plan.padded_w,
-        ):
-            raise InputError(
-                f"{job.label} is {plan.height} x {plan.width} pixels, the frames before it "
-                f"{maps.frame_size[0]} x {maps.frame_size[1]}; a temporal model carries its "
-                f"state from frame to frame and needs frames of one size"
-            )
+        layout = self.config.contract.layout
+        maps = video_maps(
+            stream, owner, job.plan, job.label, lambda: _StateMaps(self.states, layout, job.plan)
+        )
         assert isinstance(maps, _StateMaps)
         return maps
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from unetrt import Segmenter, _core, masks, testing, tiling
+from unetrt import Segmenter, masks, testing, tiling
 from unetrt.contract import CONTRACT_KEY, ModelContract
 from unetrt.errors import InputError, ModelError
 from unetrt.gpu.device import Buffer, Device, HostDevice
@@ -771,44 +771,6 @@ def test_count_nonfinite_kernel(gpu: Device) -> None:
     assert int(got["count"][0]) == int(want["count"][0]) == expected
 
 
-def cut_states_op(
-    dev: Device, map_: Buffer, tiles: Buffer, stride: int, plan: tiling.TilePlan, layout: str,
-    out: Buffer, stream: Any,
-) -> None:  # fmt: skip
-    """`unetrt._core.cuda.cut_states` on a `CudaDevice`, the CPU core's on a `HostDevice`."""
-    if isinstance(dev, HostDevice):
-        m, t, o = map_.host, tiles.host, out.host
-        dev.defer(stream, lambda: _core.cut_states(m, t, stride, plan.tile_h, plan.tile_w,
-                                                   layout, o, 1))  # fmt: skip
-        return
-    rows, cols, k = map_.shape if layout == "NHWC" else (*map_.shape[1:], map_.shape[0])
-    dev.cuda.cut_states(
-        map=map_.ptr, rows=rows, cols=cols, channels=k, stride=stride, layout=layout,
-        tiles=tiles.ptr, n=tiles.shape[0], tile_h=plan.tile_h, tile_w=plan.tile_w, out=out.ptr,
-        stream=stream,
-    )  # fmt: skip
-
-
-def stitch_states_op(
-    dev: Device, states: Buffer, tiles: Buffer, stride: int, plan: tiling.TilePlan, layout: str,
-    map_: Buffer, stream: Any,
-) -> None:  # fmt: skip
-    """`unetrt._core.cuda.stitch_states` on a `CudaDevice`, the CPU core's on a `HostDevice`."""
-    p = plan
-    if isinstance(dev, HostDevice):
-        s, t, m = states.host, tiles.host, map_.host
-        dev.defer(stream, lambda: _core.stitch_states(
-            s, t, stride, p.tile_h, p.tile_w, p.height, p.width, p.padded_h, p.padded_w, layout,
-            m, 1))  # fmt: skip
-        return
-    rows, cols, k = map_.shape if layout == "NHWC" else (*map_.shape[1:], map_.shape[0])
-    dev.cuda.stitch_states(
-        states=states.ptr, rows=rows, cols=cols, channels=k, stride=stride, layout=layout,
-        tiles=tiles.ptr, n=tiles.shape[0], tile_h=p.tile_h, tile_w=p.tile_w, height=p.height,
-        width=p.width, padded_h=p.padded_h, padded_w=p.padded_w, map=map_.ptr, stream=stream,
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("stride", [1, 2, 4])
 def test_state_kernels(gpu: Device, stride: int, layout: str) -> None:
@@ -828,11 +790,12 @@ def test_state_kernels(gpu: Device, stride: int, layout: str) -> None:
     }
 
     def op(dev: Device, b: dict[str, Buffer], stream: Any) -> None:
-        cut_states_op(dev, b["map"], b["tiles"], stride, plan, layout, b["cut"], stream)
+        dev.cut_states(b["map"], b["tiles"], plan, stride, layout, b["cut"], stream)
         half = n // 2  # the new map in two batches, the second through pointer offsets
         for start, stop in ((0, half), (half, n)):
-            stitch_states_op(dev, b["states"].rows(start, stop), b["tiles"].rows(start, stop),
-                             stride, plan, layout, b["next"], stream)  # fmt: skip
+            rows = b["tiles"].rows(start, stop)
+            dev.stitch_states(b["states"].rows(start, stop), rows, plan, stride, layout,
+                              b["next"], stream)  # fmt: skip
 
     got, want = on_both(gpu, inputs, op, ["cut", "next"])
     assert_bits_equal(got["cut"], want["cut"], "cut_states")

@@ -457,18 +457,44 @@ class TensorRTBackend(Closeable):
                 profile, or TensorRT refuses to enqueue the run.
         """
         image = self._single_input()
+        addresses = {image: inputs_ptr, self.outputs[0].name: outputs_ptr}
+        self.enqueue_tensors(addresses, {image: tuple(input_shape)}, stream_handle)
+
+    def enqueue_tensors(
+        self,
+        addresses: Mapping[str, int],
+        input_shapes: Mapping[str, tuple[int, ...]],
+        stream_handle: int,
+    ) -> None:
+        """Enqueue one run on device memory with tensors named (a step model's image and
+        states in, prediction and new states out).
+
+        Args:
+            addresses: Device address per tensor name: every input, and the outputs that
+                are read (the others get buffers of the backend's own).
+            input_shapes: Shape per input name, in the engine's layout.
+            stream_handle: The ``cudaStream_t`` to run on; the call returns at once.
+
+        Raises:
+            ModelError: If an input is missing or a shape is outside the profile, or
+                TensorRT refuses to enqueue the run.
+        """
+        missing = [t.name for t in self.inputs if t.name not in input_shapes]
+        if missing:
+            raise ModelError(f"TensorRT engine {self.label}: no shape given for {missing}")
         with self._lock:
             context = self._stream_contexts.get(stream_handle)
             if context is None:
                 context = self._live_engine().create_execution_context()
                 self._stream_contexts[stream_handle] = context
-            self._set_shapes({image: tuple(input_shape)}, context)
-            context.set_tensor_address(image, inputs_ptr)
-            context.set_tensor_address(self.outputs[0].name, outputs_ptr)
-            for spec in self.outputs[1:]:  # auxiliary outputs: written, never read
-                shape = dims(context.get_tensor_shape(spec.name))
-                buffer = self._buffer(f"{spec.name}@{stream_handle}", shape, spec.dtype)
-                context.set_tensor_address(spec.name, buffer.ptr)
+            self._set_shapes({n: tuple(s) for n, s in input_shapes.items()}, context)
+            for name, address in addresses.items():
+                context.set_tensor_address(name, address)
+            for spec in self.outputs:
+                if spec.name not in addresses:  # auxiliary outputs: written, never read
+                    shape = dims(context.get_tensor_shape(spec.name))
+                    buffer = self._buffer(f"{spec.name}@{stream_handle}", shape, spec.dtype)
+                    context.set_tensor_address(spec.name, buffer.ptr)
             self._execute(stream_handle, None, context)
 
     def _execute(

@@ -4,8 +4,9 @@ A `Device` is the small interface the scheduler (`unetrt.gpu.scheduler`) is writ
 against: memory (`alloc`, `staging`), streams and events (`new_stream`, `new_event`,
 `record`, `wait`, `synchronize`), copies (`upload`, `download`, `zero`) and the
 pipeline's kernels (`extract`, `activate`, `stitch_crop`, `stitch_blend`,
-`finish_blend`, `mask`, `count_nonfinite`). Everything but `alloc`, `staging`, `new_*`
-and `synchronize` is enqueued on a stream and returns at once.
+`finish_blend`, `mask`, `count_nonfinite`, and for step models `cut_states`,
+`stitch_states`). Everything but `alloc`, `staging`, `new_*` and `synchronize` is
+enqueued on a stream and returns at once.
 
 - `CudaDevice` runs them with the CUDA part of the C++ module (``unetrt._core.cuda``):
   device memory, pinned staging memory, non-blocking streams, events, and the kernels of
@@ -32,6 +33,7 @@ from ..backends.base import Device as DeviceSpec
 from ..backends.base import parse_device
 from ..errors import ConfigError
 from ..normalize import Affine
+from ..tiling import TilePlan
 
 #: What a failed CUDA runtime call raises (none without the CUDA build).
 CUDA_ERRORS: tuple[type[Exception], ...] = (_core.cuda.CudaError,) if hasattr(_core, "cuda") else ()
@@ -172,6 +174,32 @@ class Device(Protocol):
     def mask(
         self, prob: Buffer, independent: bool, threshold: float, out: Buffer, stream: Any
     ) -> None: ...
+    def cut_states(
+        self,
+        state_map: Buffer,
+        tiles: Buffer,
+        plan: TilePlan,
+        stride: int,
+        layout: str,
+        out: Buffer,
+        stream: Any,
+    ) -> None: ...
+    def stitch_states(
+        self,
+        states: Buffer,
+        tiles: Buffer,
+        plan: TilePlan,
+        stride: int,
+        layout: str,
+        state_map: Buffer,
+        stream: Any,
+    ) -> None: ...
+
+
+def map_dims(state_map: Buffer, layout: str) -> tuple[int, int, int]:
+    """(rows, cols, channels) of a 3-D state map in ``layout``."""
+    a, b, c = state_map.shape
+    return (a, b, c) if layout == "NHWC" else (b, c, a)
 
 
 def batch_dims(batch: Buffer, layout: str) -> tuple[int, int, int, int]:
@@ -300,6 +328,39 @@ class CudaDevice:
     ) -> None:
         h, w, k = prob.shape
         self.cuda.class_mask(prob.ptr, h * w, k, independent, threshold, out.ptr, stream)
+
+    def cut_states(
+        self,
+        state_map: Buffer,
+        tiles: Buffer,
+        plan: TilePlan,
+        stride: int,
+        layout: str,
+        out: Buffer,
+        stream: Any,
+    ) -> None:
+        rows, cols, k = map_dims(state_map, layout)
+        self.cuda.cut_states(
+            state_map.ptr, rows, cols, k, stride, layout, tiles.ptr, tiles.shape[0],
+            plan.tile_h, plan.tile_w, out.ptr, stream,
+        )  # fmt: skip
+
+    def stitch_states(
+        self,
+        states: Buffer,
+        tiles: Buffer,
+        plan: TilePlan,
+        stride: int,
+        layout: str,
+        state_map: Buffer,
+        stream: Any,
+    ) -> None:
+        rows, cols, k = map_dims(state_map, layout)
+        p = plan
+        self.cuda.stitch_states(
+            states.ptr, rows, cols, k, stride, layout, tiles.ptr, tiles.shape[0], p.tile_h,
+            p.tile_w, p.height, p.width, p.padded_h, p.padded_w, state_map.ptr, stream,
+        )  # fmt: skip
 
 
 def _check_copy(device: Buffer, host: np.ndarray) -> None:
@@ -496,6 +557,41 @@ class HostDevice:
                 _core.class_mask(p, independent, threshold, o, self.threads)
 
         self.defer(stream, run)
+
+    def cut_states(
+        self,
+        state_map: Buffer,
+        tiles: Buffer,
+        plan: TilePlan,
+        stride: int,
+        layout: str,
+        out: Buffer,
+        stream: HostStream,
+    ) -> None:
+        m, rows, o, p = _host(state_map), _host(tiles), _host(out), plan
+        self.defer(
+            stream,
+            lambda: _core.cut_states(m, rows, stride, p.tile_h, p.tile_w, layout, o, self.threads),
+        )
+
+    def stitch_states(
+        self,
+        states: Buffer,
+        tiles: Buffer,
+        plan: TilePlan,
+        stride: int,
+        layout: str,
+        state_map: Buffer,
+        stream: HostStream,
+    ) -> None:
+        src, rows, m, p = _host(states), _host(tiles), _host(state_map), plan
+        self.defer(
+            stream,
+            lambda: _core.stitch_states(
+                src, rows, stride, p.tile_h, p.tile_w, p.height, p.width, p.padded_h,
+                p.padded_w, layout, m, self.threads,
+            ),
+        )  # fmt: skip
 
 
 def _host(buf: Buffer) -> np.ndarray:

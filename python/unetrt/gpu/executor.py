@@ -20,21 +20,49 @@ import numpy as np
 from ..errors import ConfigError, ModelError, UnetrtError
 from ..model import Model
 from ..pipeline import ExecutorConfig, VideoStream, prepare
+from ..temporal import TemporalOptions, video_maps
+from ..tiling import TilePlan
 from .device import CUDA_ERRORS, Buffer, CudaDevice, Device, HostDevice
-from .scheduler import DEFAULT_DEPTH, DeviceEngine, FrameScheduler, FrameWork, SchedulerConfig
+from .scheduler import (
+    DEFAULT_DEPTH,
+    DeviceEngine,
+    DeviceMaps,
+    FrameScheduler,
+    FrameWork,
+    SchedulerConfig,
+)
 
 _KERNEL_DTYPES = (np.uint8, np.uint16, np.float32)
 
 
 class BackendEngine:
-    """A backend that runs on device memory (``enqueue(inputs_ptr, input_shape,
-    outputs_ptr, stream_handle)``: `unetrt.backends.tensorrt.TensorRTBackend`)."""
+    """A model whose backend runs on device memory (`unetrt.backends.tensorrt.TensorRTBackend`:
+    ``enqueue`` for one image input, ``enqueue_tensors`` for a step model's tensors)."""
 
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.backend: Any = model.backend  # has enqueue / enqueue_tensors (runs_on_device)
 
     def enqueue(self, inputs: Buffer, outputs: Buffer, stream: Any) -> None:
         self.backend.enqueue(inputs.ptr, inputs.shape, outputs.ptr, stream.handle)
+
+    def enqueue_step(
+        self,
+        inputs: Buffer,
+        states: dict[str, Buffer],
+        outputs: Buffer,
+        new_states: dict[str, Buffer],
+        stream: Any,
+    ) -> None:
+        image, prediction = self.model.image.name, self.model.prediction.name
+        specs = {s.input: s for s in self.model.contract.states}
+        addresses = {image: inputs.ptr, prediction: outputs.ptr}
+        shapes = {image: inputs.shape}
+        for name, window in states.items():
+            addresses[name] = window.ptr
+            shapes[name] = window.shape
+            addresses[specs[name].output] = new_states[name].ptr
+        self.backend.enqueue_tensors(addresses, shapes, stream.handle)
 
 
 class ModelEngine:
@@ -55,6 +83,28 @@ class ModelEngine:
 
         self.device.defer(stream, run)
 
+    def enqueue_step(
+        self,
+        inputs: Buffer,
+        states: dict[str, Buffer],
+        outputs: Buffer,
+        new_states: dict[str, Buffer],
+        stream: Any,
+    ) -> None:
+        x, y = inputs.host, outputs.host
+        windows = {name: b.host for name, b in states.items()}
+        targets = {name: b.host for name, b in new_states.items()}
+        assert x is not None and y is not None
+
+        def run() -> None:
+            prediction, new = self.model.step(x, windows, y)  # type: ignore[arg-type]
+            if prediction is not y:
+                np.copyto(y, prediction)
+            for name, value in new.items():
+                np.copyto(targets[name], value)  # type: ignore[arg-type]
+
+        self.device.defer(stream, run)
+
 
 def runs_on_device(backend: Any) -> bool:
     """Whether a backend can run on device pointers (has ``enqueue``)."""
@@ -70,6 +120,7 @@ class DeviceExecutor:
         device: A `CudaDevice`, or the `HostDevice` twin.
         engine: The network on the device's buffers.
         depth: Frames in flight.
+        temporal: A step model's mode (stream mode only; window mode runs on the host).
     """
 
     def __init__(
@@ -79,7 +130,14 @@ class DeviceExecutor:
         device: Device,
         engine: DeviceEngine,
         depth: int = DEFAULT_DEPTH,
+        temporal: TemporalOptions | None = None,
     ) -> None:
+        if temporal is not None and temporal.mode != "stream":
+            raise ConfigError(
+                "temporal window mode runs on the CPU executor in this version; use "
+                "--temporal stream on the GPU, or segment the ONNX model with --device cpu"
+            )
+        self.temporal = temporal
         self.model = model
         self.config = config
         self.device = device
@@ -153,6 +211,7 @@ class DeviceExecutor:
             threshold=contract.threshold,
             result=result,
             depth=self.depth,
+            states=contract.states if self.temporal is not None else (),
         )
         return FrameScheduler(self.device, self.engine, config)
 
@@ -176,13 +235,37 @@ class DeviceExecutor:
             if frame.dtype not in _KERNEL_DTYPES:
                 frame = frame.astype(np.float32)
             planned = stream.planned(config.tiles, frame.shape[0], frame.shape[1], blend)
-            yield FrameWork(label, np.ascontiguousarray(frame), affine, planned)
+            work = FrameWork(label, np.ascontiguousarray(frame), affine, planned)
+            if self.temporal is not None:
+                try:
+                    work.maps = self._maps(stream, planned.plan, label)
+                except UnetrtError as exc:
+                    if not isolate:
+                        raise
+                    yield exc
+                    continue
+                every = self.temporal.reset_every
+                work.reset = index == 0 or (every is not None and index % every == 0)
+            yield work
+
+    def _maps(self, stream: VideoStream, plan: TilePlan, label: str) -> DeviceMaps:
+        """The video's state maps on this device (`unetrt.temporal.video_maps`)."""
+        layout, states = self.config.contract.layout, self.config.contract.states
+        owner = (str(self.model.path), states, layout, self.temporal, "device", id(self.device))
+        maps = video_maps(
+            stream, owner, plan, label, lambda: DeviceMaps.make(self.device, states, layout, plan)
+        )
+        assert isinstance(maps, DeviceMaps)
+        return maps
 
 
-def cuda_executor(model: Model, config: ExecutorConfig, index: int) -> DeviceExecutor:
+def cuda_executor(
+    model: Model, config: ExecutorConfig, index: int, temporal: TemporalOptions | None = None
+) -> DeviceExecutor:
     """The executor of a model whose backend runs on device pointers, on GPU ``index``.
 
     Raises:
-        ConfigError: Without the CUDA build or that GPU.
+        ConfigError: Without the CUDA build or that GPU, or for a temporal window mode.
     """
-    return DeviceExecutor(model, config, CudaDevice(index), BackendEngine(model.backend))
+    engine = BackendEngine(model)
+    return DeviceExecutor(model, config, CudaDevice(index), engine, temporal=temporal)

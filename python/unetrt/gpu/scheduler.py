@@ -16,8 +16,15 @@ reuse after the slot's compute and upload. The input and output batches and the 
 tables are shared by all slots: only the compute stream touches them, in order. Results
 come out in submission order.
 
+Step models (ConvLSTM, stream mode): each frame's step also cuts every tile's state
+window from the video's state maps on the device (`DeviceMaps`, kept in its
+`VideoStream`) and stitches the tiles' new state cores into the other map, swapped
+after the frame; the compute stream runs the frames' steps in order, so each step reads
+the state the step before wrote, while uploads and downloads still overlap.
+
 Ownership: the scheduler owns every buffer (allocated once per frame size, tile shape or
-plan, never per frame); the engine writes into the output batch it is handed.
+plan, never per frame) but the state maps, which the video owns; the engine writes into
+the output batches it is handed.
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..backends.base import channel_axis
+from ..backends.base import channel_axis, spatial_axes
+from ..contract import StateSpec
 from ..errors import ModelError
 from ..normalize import Affine
 from ..pipeline import PlannedSize
+from ..tiling import TilePlan
 from .device import Buffer, Device
 
 #: Frames in flight: one uploading, one computing, one downloading.
@@ -54,6 +63,18 @@ class DeviceEngine(Protocol):
         """Run the network on ``inputs`` (a batch of tiles), writing ``outputs``."""
         ...
 
+    def enqueue_step(
+        self,
+        inputs: Buffer,
+        states: dict[str, Buffer],
+        outputs: Buffer,
+        new_states: dict[str, Buffer],
+        stream: Any,
+    ) -> None:
+        """A step model's step: the tiles and their state windows (per state input name)
+        in, the prediction and the new state windows (by state input name) out."""
+        ...
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -71,6 +92,7 @@ class SchedulerConfig:
         threshold: The mask threshold.
         result: ``"masks"`` (uint8, the device computes them) or ``"probabilities"``.
         depth: Frames in flight.
+        states: A step model's states (empty for frame models).
     """
 
     layout: str
@@ -84,6 +106,7 @@ class SchedulerConfig:
     threshold: float = 0.5
     result: str = "masks"
     depth: int = DEFAULT_DEPTH
+    states: tuple[StateSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if self.result not in RESULTS:
@@ -93,14 +116,50 @@ class SchedulerConfig:
 
 
 @dataclass(eq=False)
+class DeviceMaps:
+    """A video's whole-frame state maps on the device: per state input, the map the next
+    step reads (``current``) and the one it writes (``next``), swapped after each step.
+
+    Attributes:
+        frame_size: The frames' (height, width).
+        size: The padded frames' (height, width).
+    """
+
+    frame_size: tuple[int, int]
+    size: tuple[int, int]
+    current: dict[str, Buffer]
+    next: dict[str, Buffer]
+
+    @classmethod
+    def make(
+        cls, device: Device, states: tuple[StateSpec, ...], layout: str, plan: TilePlan
+    ) -> DeviceMaps:
+        """Maps for frames of this plan's size (contents undefined: the first step of a
+        video zeroes them)."""
+        made: tuple[dict[str, Buffer], dict[str, Buffer]] = ({}, {})
+        for s in states:
+            shape = [plan.padded_h // s.stride, plan.padded_w // s.stride]
+            shape.insert(channel_axis(layout) - 1, s.channels)
+            for maps in made:
+                maps[s.input] = device.alloc(tuple(shape), np.float32)
+        return cls((plan.height, plan.width), (plan.padded_h, plan.padded_w), *made)
+
+    def swap(self) -> None:
+        self.current, self.next = self.next, self.current
+
+
+@dataclass(eq=False)
 class FrameWork:
     """One prepared frame for the scheduler: the kernel frame (H, W, C; uint8, uint16 or
-    float32), its normalization map and its frozen plan."""
+    float32), its normalization map and its frozen plan; for a step model the video's
+    state maps, and whether the state starts afresh at this frame."""
 
     label: str
     frame: np.ndarray
     affine: Affine
     planned: PlannedSize
+    maps: DeviceMaps | None = None
+    reset: bool = False
 
 
 @dataclass(eq=False)
@@ -120,6 +179,18 @@ class _Slot:
     staging_out: np.ndarray | None = None
     staging_count: np.ndarray | None = None
     work: FrameWork | None = None
+
+
+@dataclass(eq=False)
+class _Batches:
+    """The batches the engine reads and writes, for one tile shape: tiles and their
+    outputs, and per state input its windows in and out."""
+
+    shape: tuple[int, ...]
+    inputs: Buffer
+    outputs: Buffer
+    states: dict[str, Buffer]
+    new_states: dict[str, Buffer]
 
 
 @dataclass(eq=False)
@@ -152,9 +223,7 @@ class FrameScheduler:
             _Slot(device.new_event(), device.new_event(), device.new_event())
             for _ in range(config.depth)
         ]
-        self._batch_shape: tuple[int, ...] | None = None
-        self._inputs: Buffer | None = None
-        self._outputs: Buffer | None = None
+        self._batches_held: _Batches | None = None
         self._plans: dict[PlannedSize, _PlanBuffers] = {}
 
     def run(self, frames: Iterable[FrameWork | Exception]) -> Iterator[np.ndarray | Exception]:
@@ -213,13 +282,18 @@ class FrameScheduler:
         dev.upload(slot.frame, slot.staging_in, self.copy_in)
         dev.record(slot.uploaded, self.copy_in)
 
-        inputs, outputs = self._batches(plan.tile_h, plan.tile_w)
+        batches = self._batches(plan.tile_h, plan.tile_w)
+        inputs, outputs = batches.inputs, batches.outputs
         tables = self._plan_buffers(work.planned)
         dev.wait(self.compute, slot.uploaded)
         dev.zero(slot.nonfinite, self.compute)
         if slot.weight_sum is not None:
             dev.zero(slot.probabilities, self.compute)
             dev.zero(slot.weight_sum, self.compute)
+        maps = work.maps
+        if maps is not None and work.reset:
+            for state_map in maps.current.values():
+                dev.zero(state_map, self.compute)
         for start in range(0, plan.n_tiles, cfg.batch):
             count = min(cfg.batch, plan.n_tiles - start)
             rows = cfg.batch if cfg.padded else count
@@ -228,7 +302,10 @@ class FrameScheduler:
                 slot.frame, tiles, plan.tile_h, plan.tile_w, work.affine, cfg.layout,
                 inputs.rows(0, count), self.compute,
             )  # fmt: skip
-            self.engine.enqueue(inputs.rows(0, rows), outputs.rows(0, rows), self.compute)
+            if maps is None:
+                self.engine.enqueue(inputs.rows(0, rows), outputs.rows(0, rows), self.compute)
+            else:
+                self._step(batches, maps, tiles, plan, count, rows, slot.nonfinite)
             result = outputs.rows(0, count)
             dev.count_nonfinite(result, slot.nonfinite, self.compute)  # before activation
             if cfg.logits:
@@ -241,6 +318,8 @@ class FrameScheduler:
                     result, tiles, tables.taper, cfg.layout, slot.probabilities,
                     slot.weight_sum, self.compute,
                 )  # fmt: skip
+        if maps is not None:
+            maps.swap()  # the next frame's step (later on this stream) reads what this wrote
         if slot.weight_sum is not None:
             dev.finish_blend(slot.probabilities, slot.weight_sum, self.compute)
         back = slot.probabilities
@@ -254,6 +333,36 @@ class FrameScheduler:
         dev.download(slot.staging_out, back, self.copy_out)
         dev.download(slot.staging_count, slot.nonfinite, self.copy_out)
         dev.record(slot.downloaded, self.copy_out)
+
+    def _step(
+        self,
+        batches: _Batches,
+        maps: DeviceMaps,
+        tiles: Buffer,
+        plan: TilePlan,
+        count: int,
+        rows: int,
+        nonfinite: Buffer,
+    ) -> None:
+        """A step model on a batch of tiles: their state windows cut from the current
+        maps, the step, the new state cores (checked) into the next maps."""
+        dev, layout = self.device, self.config.layout
+        for s in self.config.states:
+            window = batches.states[s.input].rows(0, count)
+            dev.cut_states(
+                maps.current[s.input], tiles, plan, s.stride, layout, window, self.compute
+            )
+        self.engine.enqueue_step(
+            batches.inputs.rows(0, rows),
+            {name: b.rows(0, rows) for name, b in batches.states.items()},
+            batches.outputs.rows(0, rows),
+            {name: b.rows(0, rows) for name, b in batches.new_states.items()},
+            self.compute,
+        )
+        for s in self.config.states:
+            new = batches.new_states[s.input].rows(0, count)
+            dev.count_nonfinite(new, nonfinite, self.compute)
+            dev.stitch_states(new, tiles, plan, s.stride, layout, maps.next[s.input], self.compute)
 
     def _collect(self, slot: _Slot) -> np.ndarray:
         self.device.synchronize(slot.downloaded)
@@ -286,24 +395,33 @@ class FrameScheduler:
         )
         slot.staging_count = dev.staging((1,), np.uint32)
 
-    def _batches(self, tile_h: int, tile_w: int) -> tuple[Buffer, Buffer]:
-        """The input and output batches for tiles of this size (reallocated on a change)."""
+    def _batches(self, tile_h: int, tile_w: int) -> _Batches:
+        """The engine's batches for tiles of this size (reallocated on a change)."""
         cfg = self.config
-        shape = (
-            (cfg.batch, tile_h, tile_w, cfg.channels)
-            if cfg.layout == "NHWC"
-            else (cfg.batch, cfg.channels, tile_h, tile_w)
-        )
-        if shape != self._batch_shape:
+        held = self._batches_held
+        shape = self._batch_shape(tile_h, tile_w, cfg.channels)
+        if held is None or held.shape != shape:
             # The old batches may still be read by queued work.
             self.device.synchronize_stream(self.compute)
-            out = list(shape)
-            out[channel_axis(cfg.layout)] = cfg.classes
-            self._inputs = self.device.alloc(shape, np.float32)
-            self._outputs = self.device.alloc(tuple(out), np.float32)
-            self._batch_shape = shape
-        assert self._inputs is not None and self._outputs is not None
-        return self._inputs, self._outputs
+            alloc = self.device.alloc
+            states, new_states = {}, {}
+            for s in cfg.states:
+                window = self._batch_shape(tile_h // s.stride, tile_w // s.stride, s.channels)
+                states[s.input] = alloc(window, np.float32)
+                new_states[s.input] = alloc(window, np.float32)
+            out = self._batch_shape(tile_h, tile_w, cfg.classes)
+            held = _Batches(
+                shape, alloc(shape, np.float32), alloc(out, np.float32), states, new_states
+            )
+            self._batches_held = held
+        return held
+
+    def _batch_shape(self, h: int, w: int, channels: int) -> tuple[int, ...]:
+        shape = [self.config.batch, 0, 0, 0]
+        for axis, extent in zip(spatial_axes(self.config.layout), (h, w), strict=True):
+            shape[axis] = extent
+        shape[channel_axis(self.config.layout)] = channels
+        return tuple(shape)
 
     def _plan_buffers(self, planned: PlannedSize) -> _PlanBuffers:
         """The plan's tiles (and taper) on the device, uploaded on the compute stream the
