@@ -174,7 +174,7 @@ def tensorrt_setup(args: argparse.Namespace) -> Setup:
     return Setup(
         seg.model,
         seg.executor_config,
-        BackendEngine(seg.model.backend),
+        BackendEngine(seg.model),
         f"TensorRT {tensorrt_version()} engine {args.engine} ({seg.model.precision})",
         seg.stream,
         seg.close,
